@@ -1,0 +1,48 @@
+"""One place that decides the device (CUDA, then MPS, then CPU) and the inference precision."""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Literal
+
+import torch
+
+Precision = Literal["auto", "fp32", "fp16", "bf16"]
+
+
+def pick_device(device: str | torch.device | None = None) -> torch.device:
+    """`device` if given, else the best one present: CUDA, then Apple MPS, then CPU."""
+    if device is not None:
+        return torch.device(device)
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    mps = getattr(torch.backends, "mps", None)
+    if mps is not None and mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def resolve_precision(device: torch.device, precision: Precision = "auto") -> Literal["fp32", "fp16", "bf16"]:
+    """fp32 on CPU; on a GPU `auto` means bf16 where supported, else fp16."""
+    if precision != "auto":
+        return precision
+    if device.type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    if device.type == "mps":
+        return "fp16"
+    return "fp32"
+
+
+def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
+    """An autocast context for GPU half precision; a no-op for fp32."""
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def describe(device: torch.device, precision: str) -> str:
+    """A short human label, e.g. 'CUDA (NVIDIA H100), bf16' or 'CPU, fp32'."""
+    if device.type == "cuda":
+        return f"CUDA ({torch.cuda.get_device_name(device)}), {precision}"
+    return f"{device.type.upper()}, {precision}"
