@@ -1,0 +1,355 @@
+"""Exact nearest-neighbour search over L2-normalised embeddings (cosine similarity = inner product).
+
+`EmbeddingIndex` keeps a gallery of embeddings (with optional labels and ids) and answers top-k
+queries. Two backends give identical hits:
+
+- ``torch``: chunked matrix product + `topk`, so even all-pairs search over 100k items fits in memory;
+- ``faiss``: `faiss.IndexFlatIP` (exact), chosen automatically for galleries of at least
+  `FAISS_MIN_GALLERY` items when faiss is installed.
+
+Both backends only *propose* candidates (a few more than k) in float32; the candidates are then
+re-scored in float64 the same way and ordered by similarity (descending), then gallery index
+(ascending). When float32 rounding could have hidden a better item (near-ties at the candidate
+boundary, e.g. duplicated tiles) the row is re-scored against the whole gallery. The hits are
+therefore the exact top-k under that order, whatever the backend, and tie order is deterministic.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+import json
+import os
+from pathlib import Path
+import tempfile
+from typing import TYPE_CHECKING, Literal
+
+import numpy as np
+
+from napari_clipmed.errors import InputError
+from napari_clipmed.progress import Progress, ProgressGenerator, run_generator
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+Backend = Literal["auto", "torch", "faiss"]
+
+FAISS_MIN_GALLERY = 50_000  # from this gallery size on, "auto" uses faiss when it imports
+_MARGIN = 8  # extra float32 candidates per query, re-scored exactly
+_CHUNK_ELEMENTS = 2**25  # query chunk x gallery size of one similarity block (128 MB of float32)
+_FORMAT = "napari-clipmed.embedding-index"
+
+
+@dataclass
+class RetrievalHits:
+    """Top-k neighbours per query: gallery rows, cosine similarities and their labels/ids.
+
+    All arrays have shape (n_queries, k), best hit first.
+    """
+
+    indices: np.ndarray
+    similarities: np.ndarray
+    labels: np.ndarray | None = None
+    ids: np.ndarray | None = None
+    query_ids: np.ndarray | None = None
+
+    @property
+    def k(self) -> int:
+        return int(self.indices.shape[1])
+
+    def to_frame(self) -> pd.DataFrame:
+        """One row per (query, rank): query, rank (1 = best), index, similarity[, label][, id]."""
+        import pandas as pd
+
+        q, k = self.indices.shape
+        query = np.repeat(np.arange(q) if self.query_ids is None else np.asarray(self.query_ids), k)
+        cols: dict[str, np.ndarray] = {
+            "query": query,
+            "rank": np.tile(np.arange(1, k + 1), q),
+            "index": self.indices.ravel(),
+            "similarity": self.similarities.ravel(),
+        }
+        if self.labels is not None:
+            cols["label"] = self.labels.ravel()
+        if self.ids is not None:
+            cols["id"] = self.ids.ravel()
+        return pd.DataFrame(cols)
+
+
+def _unit_rows(x: np.ndarray | Sequence, what: str) -> np.ndarray:
+    """Float32 C-contiguous copy of `x` (N, D), rows scaled to unit length when they are not already."""
+    a = np.asarray(x)
+    if a.ndim == 1:
+        a = a[None, :]
+    if a.ndim != 2 or a.shape[1] == 0:
+        raise InputError(f"{what} must be a 2-D array (items x dimensions), got shape {a.shape}")
+    if not np.issubdtype(a.dtype, np.number):
+        raise InputError(f"{what} must be numeric, got dtype {a.dtype}")
+    a = np.array(a, dtype=np.float32, order="C", copy=True)
+    if not np.all(np.isfinite(a)):
+        raise InputError(f"{what} contain NaN or infinite values")
+    norms = np.linalg.norm(a, axis=1)
+    if np.any(norms == 0):
+        raise InputError(f"{what} contain {int(np.sum(norms == 0))} all-zero rows, which have no direction")
+    if np.any(np.abs(norms - 1) > 1e-4):
+        a /= norms[:, None]
+    return a
+
+
+def _column(values: Sequence | np.ndarray | None, n: int, what: str) -> np.ndarray | None:
+    if values is None:
+        return None
+    arr = np.asarray(values)
+    if arr.dtype == object:
+        arr = arr.astype(str)
+    if arr.shape != (n,):
+        raise InputError(f"{what} must have one entry per embedding ({n}), got shape {arr.shape}")
+    return arr
+
+
+def faiss_available() -> bool:
+    try:
+        import faiss  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+class EmbeddingIndex:
+    """A gallery of L2-normalised embeddings from one model, with exact top-k search.
+
+    `model_id` names the model (and weights) that produced the embeddings; adding or querying
+    with embeddings of another model is refused, since their similarities would mean nothing.
+    """
+
+    def __init__(
+        self,
+        embeddings: np.ndarray | Sequence,
+        labels: Sequence | np.ndarray | None = None,
+        ids: Sequence | np.ndarray | None = None,
+        model_id: str | None = None,
+    ) -> None:
+        self._emb = _unit_rows(embeddings, "gallery embeddings")
+        self.labels = _column(labels, len(self._emb), "labels")
+        self.ids = _column(ids, len(self._emb), "ids")
+        self.model_id = model_id
+        self._faiss_index: object | None = None
+
+    def __len__(self) -> int:
+        return int(self._emb.shape[0])
+
+    @property
+    def dim(self) -> int:
+        return int(self._emb.shape[1])
+
+    @property
+    def embeddings(self) -> np.ndarray:
+        view = self._emb.view()
+        view.flags.writeable = False
+        return view
+
+    def _check_model(self, model_id: str | None, what: str) -> None:
+        if model_id is not None and self.model_id is not None and model_id != self.model_id:
+            raise InputError(
+                f"{what} come from model '{model_id}' but this index holds embeddings of model "
+                f"'{self.model_id}'; embeddings of different models cannot be compared"
+            )
+
+    def add(
+        self,
+        embeddings: np.ndarray | Sequence,
+        labels: Sequence | np.ndarray | None = None,
+        ids: Sequence | np.ndarray | None = None,
+        model_id: str | None = None,
+    ) -> None:
+        """Append embeddings (of the same model and dimension) to the gallery."""
+        self._check_model(model_id, "the new embeddings")
+        new = _unit_rows(embeddings, "new embeddings")
+        if new.shape[1] != self.dim:
+            raise InputError(f"the new embeddings have {new.shape[1]} dimensions, the index has {self.dim}")
+        for name, have, given in (("labels", self.labels, labels), ("ids", self.ids, ids)):
+            if (have is None) != (given is None):
+                state = "has" if have is not None else "has no"
+                raise InputError(f"the index {state} {name}; give {name} for all items or for none")
+        self.labels = None if labels is None else np.concatenate([self.labels, _column(labels, len(new), "labels")])
+        self.ids = None if ids is None else np.concatenate([self.ids, _column(ids, len(new), "ids")])
+        self._emb = np.concatenate([self._emb, new])
+        self._faiss_index = None
+        if model_id is not None and self.model_id is None:
+            self.model_id = model_id
+
+    # ------------------------------------------------------------------ search
+    def search(
+        self,
+        queries: np.ndarray | Sequence,
+        k: int,
+        exclude_self: bool = False,
+        model_id: str | None = None,
+        backend: Backend = "auto",
+    ) -> RetrievalHits:
+        """Top-`k` gallery items for each query (see `iter_search`)."""
+        return run_generator(self.iter_search(queries, k, exclude_self, model_id, backend))
+
+    def search_gallery(self, k: int, backend: Backend = "auto") -> RetrievalHits:
+        """Leave-one-out: every gallery item queried against all the others."""
+        return self.search(self._emb, k, exclude_self=True, backend=backend)
+
+    def iter_search(
+        self,
+        queries: np.ndarray | Sequence,
+        k: int,
+        exclude_self: bool = False,
+        model_id: str | None = None,
+        backend: Backend = "auto",
+    ) -> ProgressGenerator[RetrievalHits]:
+        """Generator yielding `Progress` per chunk of queries; returns `RetrievalHits`.
+
+        `exclude_self=True` means the queries *are* the gallery (query i is gallery item i): a
+        query never retrieves itself (leave-one-out evaluation).
+        """
+        self._check_model(model_id, "the queries")
+        q = _unit_rows(queries, "query embeddings")
+        n = len(self)
+        if q.shape[1] != self.dim:
+            raise InputError(f"the queries have {q.shape[1]} dimensions but the index has {self.dim}; were they made by another model?")
+        if exclude_self and len(q) != n:
+            raise InputError(f"leave-one-out search needs the gallery itself as queries ({n} items), got {len(q)} queries")
+        n_eff = n - int(exclude_self)
+        if not isinstance(k, (int, np.integer)) or k < 1:
+            raise InputError(f"k must be a positive whole number, got {k!r}")
+        if k > n_eff:
+            extra = " once each query is left out of its own search" if exclude_self else ""
+            raise InputError(f"k={k} is larger than the gallery: it has {n} items, so at most {n_eff} neighbours{extra}")
+        use_faiss = self._use_faiss(backend)
+        fetch = min(n, min(n_eff, k + _MARGIN) + int(exclude_self))
+        chunk = max(1, min(len(q), _CHUNK_ELEMENTS // max(n, 1)))
+        out_idx = np.empty((len(q), k), dtype=np.int64)
+        out_sim = np.empty((len(q), k), dtype=np.float64)
+        total = (len(q) + chunk - 1) // chunk
+        for step, start in enumerate(range(0, len(q), chunk)):
+            qc = q[start : start + chunk]
+            vals, cand = self._faiss_topk(qc, fetch) if use_faiss else self._torch_topk(qc, fetch)
+            self_rows = np.arange(start, start + len(qc)) if exclude_self else None
+            out_idx[start : start + len(qc)], out_sim[start : start + len(qc)] = self._refine(
+                qc, cand, vals, k, self_rows, all_candidates=fetch >= n
+            )
+            yield Progress(step + 1, total, f"searching {len(q)} queries")
+        return RetrievalHits(
+            indices=out_idx,
+            similarities=out_sim.astype(np.float32),
+            labels=None if self.labels is None else self.labels[out_idx],
+            ids=None if self.ids is None else self.ids[out_idx],
+        )
+
+    def _use_faiss(self, backend: Backend) -> bool:
+        if backend == "faiss":
+            if not faiss_available():
+                raise InputError("backend 'faiss' was asked for but faiss is not installed (pip install faiss-cpu)")
+            return True
+        if backend == "torch":
+            return False
+        if backend != "auto":
+            raise InputError(f"backend must be 'auto', 'torch' or 'faiss', got {backend!r}")
+        return len(self) >= FAISS_MIN_GALLERY and faiss_available()
+
+    def _torch_topk(self, qc: np.ndarray, fetch: int) -> tuple[np.ndarray, np.ndarray]:
+        import torch
+
+        with torch.inference_mode():
+            sims = torch.from_numpy(qc) @ torch.from_numpy(self._emb).T
+            vals, idx = torch.topk(sims, fetch, dim=1)
+        return vals.numpy(), idx.numpy().astype(np.int64)
+
+    def _faiss_topk(self, qc: np.ndarray, fetch: int) -> tuple[np.ndarray, np.ndarray]:
+        import faiss
+
+        if self._faiss_index is None:
+            index = faiss.IndexFlatIP(self.dim)
+            index.add(self._emb)
+            self._faiss_index = index
+        vals, idx = self._faiss_index.search(qc, fetch)  # type: ignore[attr-defined]
+        return vals, idx.astype(np.int64)
+
+    def _exact(self, q64: np.ndarray, rows: np.ndarray) -> np.ndarray:
+        """Float64 inner products, summed the same way for every (query, item) pair."""
+        return (self._emb[rows].astype(np.float64) * q64[:, None, :]).sum(axis=-1)
+
+    def _refine(
+        self,
+        qc: np.ndarray,
+        cand: np.ndarray,
+        approx: np.ndarray,
+        k: int,
+        self_rows: np.ndarray | None,
+        all_candidates: bool,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Exact re-scoring of float32 candidates; rows where rounding may matter get a full scan."""
+        n = len(self)
+        valid = cand >= 0
+        if self_rows is not None:
+            valid &= cand != self_rows[:, None]
+        q64 = qc.astype(np.float64)
+        exact = self._exact(q64, np.where(valid, cand, 0))
+        exact[~valid] = -np.inf
+        order = np.lexsort((np.where(valid, cand, n), -exact), axis=1)[:, :k]
+        idx = np.take_along_axis(cand, order, axis=1)
+        sim = np.take_along_axis(exact, order, axis=1)
+        if not all_candidates:
+            eps = 2.0 * self.dim * 2.0**-24 + 1e-6  # bound on float32 dot-product rounding (unit vectors)
+            bound = approx.min(axis=1).astype(np.float64)
+            for r in np.flatnonzero(~(bound + eps < sim[:, -1])):
+                idx[r], sim[r] = self._full_row(q64[r], k, None if self_rows is None else int(self_rows[r]))
+        return idx, sim
+
+    def _full_row(self, q64: np.ndarray, k: int, self_row: int | None) -> tuple[np.ndarray, np.ndarray]:
+        step = 4096
+        exact = np.concatenate(
+            [self._exact(q64[None], np.arange(s, min(s + step, len(self)))[None])[0] for s in range(0, len(self), step)]
+        )
+        if self_row is not None:
+            exact[self_row] = -np.inf
+        order = np.lexsort((np.arange(len(self)), -exact))[:k]
+        return order.astype(np.int64), exact[order]
+
+    # ------------------------------------------------------------------ persistence
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write the index to one ``.npz`` file (arrays + JSON metadata), atomically."""
+        path = Path(path)
+        if path.suffix != ".npz":
+            path = path.with_name(path.name + ".npz")
+        meta = {"format": _FORMAT, "version": 1, "model_id": self.model_id, "n": len(self), "dim": self.dim}
+        arrays: dict[str, np.ndarray] = {"embeddings": self._emb, "meta": np.array(json.dumps(meta))}
+        if self.labels is not None:
+            arrays["labels"] = self.labels
+        if self.ids is not None:
+            arrays["ids"] = self.ids
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                np.savez(fh, **arrays)
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        return path
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> EmbeddingIndex:
+        """Read an index written by `save`."""
+        path = Path(path)
+        if not path.is_file():
+            raise InputError(f"no index file at {path}")
+        try:
+            with np.load(path, allow_pickle=False) as data:
+                meta = json.loads(str(data["meta"]))
+                if meta.get("format") != _FORMAT:
+                    raise InputError(f"{path} is not a napari-clipmed embedding index")
+                emb = data["embeddings"]
+                labels = data["labels"] if "labels" in data.files else None
+                ids = data["ids"] if "ids" in data.files else None
+        except (OSError, ValueError, KeyError) as err:
+            if isinstance(err, InputError):
+                raise
+            raise InputError(f"cannot read the index file {path}: {err}") from err
+        return cls(emb, labels=labels, ids=ids, model_id=meta.get("model_id"))
