@@ -1,0 +1,116 @@
+"""One loaded model per viewer, shared by every napari-clipmed widget docked in it.
+
+The session is a plain object (no Qt widgets) kept in a weak map keyed by the viewer, so a
+new viewer gets a fresh session and closing a viewer frees its model.
+"""
+
+from __future__ import annotations
+
+import weakref
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from psygnal import Signal
+
+from napari_clipmed.errors import InputError
+
+if TYPE_CHECKING:
+    from napari_clipmed.models.loader import ClipModel
+
+
+@dataclass(frozen=True)
+class ModelChoice:
+    """What the user picked: a registry name and, optionally, a checkpoint path."""
+
+    name: str
+    weights: str | None = None
+
+
+class ModelSession:
+    """Holds the viewer's model; loads it on a background thread."""
+
+    changed = Signal(object)  # the new ClipModel, or None
+    status = Signal(str)  # a one-line state for the model panels
+    busy = Signal(bool)
+
+    def __init__(self) -> None:
+        self.model: ClipModel | None = None
+        self.choice: ModelChoice | None = None
+        self.message = "no model loaded"
+        self._worker = None
+
+    @property
+    def loading(self) -> bool:
+        return self._worker is not None
+
+    def require(self) -> ClipModel:
+        """The loaded model, or an InputError telling the user to load one."""
+        if self.model is None:
+            raise InputError(f"load a model first (model panel at the top of the widget): {self.message}")
+        return self.model
+
+    def _set_status(self, message: str) -> None:
+        self.message = message
+        self.status.emit(message)
+
+    def load(self, choice: ModelChoice) -> None:
+        """Start loading `choice` in a worker; `changed` fires when it is ready."""
+        from napari.qt.threading import create_worker
+        from napari.utils.notifications import show_error, show_info
+
+        if self._worker is not None:
+            return
+        if self.model is not None and choice == self.choice:
+            self._set_status(self._describe())
+            return
+        from napari_clipmed.models.loader import load_model
+
+        worker = create_worker(load_model, choice.name, choice.weights or None, _start_thread=False)
+        self._worker = worker
+        self._set_status(f"loading {choice.name} ...")
+        self.busy.emit(True)
+
+        def done(model: ClipModel) -> None:
+            self.model, self.choice = model, choice
+            self._set_status(self._describe())
+            self.changed.emit(model)
+            show_info(f"napari-clipmed: loaded {choice.name} on {model.device_label}")
+
+        def failed(err: Exception) -> None:
+            self._set_status(f"could not load {choice.name}: {err}")
+            show_error(f"napari-clipmed: {err}")
+
+        def finished() -> None:
+            self._worker = None
+            self.busy.emit(False)
+
+        worker.returned.connect(done)
+        worker.errored.connect(failed)
+        worker.finished.connect(finished)
+        worker.start()
+
+    def load_now(self, choice: ModelChoice) -> ClipModel:
+        """Load synchronously (scripts and tests)."""
+        from napari_clipmed.models.loader import load_model
+
+        model = load_model(choice.name, choice.weights or None)
+        self.model, self.choice = model, choice
+        self._set_status(self._describe())
+        self.changed.emit(model)
+        return model
+
+    def _describe(self) -> str:
+        assert self.model is not None and self.choice is not None
+        weights = f" ({self.model.weights_path.name})" if self.model.weights_path else ""
+        return f"{self.choice.name}{weights} on {self.model.device_label}"
+
+
+_SESSIONS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def session_for(viewer: object) -> ModelSession:
+    """The model session of `viewer` (created on first use)."""
+    session = _SESSIONS.get(viewer)
+    if session is None:
+        session = _SESSIONS[viewer] = ModelSession()
+    return session
