@@ -70,6 +70,24 @@ def test_leave_one_out_never_returns_the_query(backend: str) -> None:
     np.testing.assert_array_equal(hits.labels, hits.indices % 4)
 
 
+def test_leave_one_out_for_a_subset_and_for_perturbed_queries() -> None:
+    rng = np.random.default_rng(9)
+    gallery = _unit(rng, 80, 12)
+    index = EmbeddingIndex(gallery)
+    full = index.search_gallery(4)
+    rows = np.array([5, 0, 79, 5])
+    sub = index.search(gallery[rows], 4, query_rows=rows)
+    np.testing.assert_array_equal(sub.indices, full.indices[rows])
+    # corrupted copies of the gallery items: each query still skips its own (clean) item
+    noisy = gallery + 0.05 * rng.normal(size=gallery.shape).astype(np.float32)
+    hits = index.search(noisy, 3, exclude_self=True)
+    assert not np.any(hits.indices == np.arange(80)[:, None])
+    ref = noisy / np.linalg.norm(noisy, axis=1, keepdims=True)
+    np.testing.assert_array_equal(hits.indices, _brute(gallery, ref, 3, exclude_self=True))
+    with pytest.raises(InputError, match="one gallery row"):
+        index.search(gallery[:2], 1, query_rows=[0, 80])
+
+
 def test_leave_one_out_with_k_equal_gallery_minus_one() -> None:
     rng = np.random.default_rng(2)
     gallery = _unit(rng, 6, 4)

@@ -186,9 +186,10 @@ class EmbeddingIndex:
         exclude_self: bool = False,
         model_id: str | None = None,
         backend: Backend = "auto",
+        query_rows: np.ndarray | Sequence[int] | None = None,
     ) -> RetrievalHits:
         """Top-`k` gallery items for each query (see `iter_search`)."""
-        return run_generator(self.iter_search(queries, k, exclude_self, model_id, backend))
+        return run_generator(self.iter_search(queries, k, exclude_self, model_id, backend, query_rows))
 
     def search_gallery(self, k: int, backend: Backend = "auto") -> RetrievalHits:
         """Leave-one-out: every gallery item queried against all the others."""
@@ -201,19 +202,29 @@ class EmbeddingIndex:
         exclude_self: bool = False,
         model_id: str | None = None,
         backend: Backend = "auto",
+        query_rows: np.ndarray | Sequence[int] | None = None,
     ) -> ProgressGenerator[RetrievalHits]:
         """Generator yielding `Progress` per chunk of queries; returns `RetrievalHits`.
 
-        `exclude_self=True` means the queries *are* the gallery (query i is gallery item i): a
-        query never retrieves itself (leave-one-out evaluation).
+        Leave-one-out: `exclude_self=True` means query i is gallery item i (the same item, possibly
+        re-encoded, e.g. a corrupted copy); `query_rows` names the gallery row of each query for a
+        subset. A query then never retrieves its own gallery item.
         """
         self._check_model(model_id, "the queries")
         q = _unit_rows(queries, "query embeddings")
         n = len(self)
         if q.shape[1] != self.dim:
             raise InputError(f"the queries have {q.shape[1]} dimensions but the index has {self.dim}; were they made by another model?")
-        if exclude_self and len(q) != n:
-            raise InputError(f"leave-one-out search needs the gallery itself as queries ({n} items), got {len(q)} queries")
+        self_rows: np.ndarray | None = None
+        if query_rows is not None:
+            self_rows = np.asarray(query_rows, dtype=np.int64)
+            if self_rows.shape != (len(q),) or np.any((self_rows < 0) | (self_rows >= n)):
+                raise InputError(f"query_rows must give one gallery row (0..{n - 1}) per query ({len(q)})")
+            exclude_self = True
+        elif exclude_self:
+            if len(q) != n:
+                raise InputError(f"leave-one-out search needs one query per gallery item ({n}), got {len(q)} queries")
+            self_rows = np.arange(n)
         n_eff = n - int(exclude_self)
         if not isinstance(k, (int, np.integer)) or k < 1:
             raise InputError(f"k must be a positive whole number, got {k!r}")
@@ -229,9 +240,9 @@ class EmbeddingIndex:
         for step, start in enumerate(range(0, len(q), chunk)):
             qc = q[start : start + chunk]
             vals, cand = self._faiss_topk(qc, fetch) if use_faiss else self._torch_topk(qc, fetch)
-            self_rows = np.arange(start, start + len(qc)) if exclude_self else None
+            rows = None if self_rows is None else self_rows[start : start + len(qc)]
             out_idx[start : start + len(qc)], out_sim[start : start + len(qc)] = self._refine(
-                qc, cand, vals, k, self_rows, all_candidates=fetch >= n
+                qc, cand, vals, k, rows, all_candidates=fetch >= n
             )
             yield Progress(step + 1, total, f"searching {len(q)} queries")
         return RetrievalHits(
