@@ -146,4 +146,5 @@ def test_retrieval_metrics_reject_k_beyond_neighbours() -> None:
     with pytest.raises(InputError, match="only 2 neighbours"):
         m.precision_at_k([0], [[0, 1]], 3)
     out = m.retrieval_metrics([0], [[0, 1, 0]], [1, 3])
-    assert out["top1_acc"] == 1.0 and out["p@3"] == pytest.approx(2 / 3) and out["mv3_acc"] == 1.0
+    assert out["top@1"] == 1.0 and out["precision@3"] == pytest.approx(2 / 3) and out["majority@3"] == 1.0
+    assert set(out) == {f"{name}@{k}" for name in ("top", "majority", "precision", "map") for k in (1, 3)}

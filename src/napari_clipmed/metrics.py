@@ -295,11 +295,12 @@ def map_at_k(
 
 
 def retrieval_metrics(query_labels: ArrayLike, neighbour_labels: ArrayLike, ks: Sequence[int]) -> dict[str, float]:
-    """All retrieval metrics for each k: keys like ``top5_acc``, ``mv5_acc``, ``p@5``, ``map@5``."""
+    """All retrieval metrics for each k: keys ``top@k`` (top-k accuracy), ``majority@k`` (majority-vote
+    accuracy), ``precision@k`` and ``map@k``."""
     out: dict[str, float] = {}
     for k in ks:
-        out[f"top{k}_acc"] = top_k_accuracy(query_labels, neighbour_labels, k)
-        out[f"mv{k}_acc"] = majority_vote_accuracy_at_k(query_labels, neighbour_labels, k)
-        out[f"p@{k}"] = precision_at_k(query_labels, neighbour_labels, k)
+        out[f"top@{k}"] = top_k_accuracy(query_labels, neighbour_labels, k)
+        out[f"majority@{k}"] = majority_vote_accuracy_at_k(query_labels, neighbour_labels, k)
+        out[f"precision@{k}"] = precision_at_k(query_labels, neighbour_labels, k)
         out[f"map@{k}"] = map_at_k(query_labels, neighbour_labels, k)
     return out
