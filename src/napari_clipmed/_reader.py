@@ -1,0 +1,193 @@
+"""npe2 reader: CT volumes (DICOM series folder, NIfTI, NRRD, MHA/MHD) and whole-slide images (SVS/TIFF).
+
+CT volumes become an Image layer in Hounsfield units with `scale` = voxel spacing (z, y, x, mm) and
+`translate` = the file's origin, so distances measured in napari are millimetres and patch sizes in mm
+mean what they say. Slides become an RGB Image layer of level 0, or of the first pyramid level that
+is at most `MAX_SLIDE_SIDE` pixels on a side (its `scale` keeps level-0 pixel coordinates).
+`get_reader` returns None for paths it does not handle, so other readers get their turn.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+LayerData = tuple[Any, dict[str, Any], str]
+ReaderFunction = Callable[[Any], list[LayerData]]
+
+CT_SUFFIXES: tuple[str, ...] = (".nii", ".nii.gz", ".nrrd", ".mha", ".mhd")
+SLIDE_SUFFIXES: tuple[str, ...] = (".svs", ".tif", ".tiff")
+LUNG_WINDOW: tuple[float, float] = (-1350.0, 150.0)  # level -600 HU, width 1500 HU
+MAX_SLIDE_SIDE = 8192
+
+
+def _suffix(path: Path) -> str:
+    name = path.name.lower()
+    return ".nii.gz" if name.endswith(".nii.gz") else path.suffix.lower()
+
+
+def get_reader(path: str | os.PathLike[str] | list[str]) -> ReaderFunction | None:
+    """The reader function for `path`, or None when this plugin does not read it."""
+    if isinstance(path, (list, tuple)):
+        if len(path) != 1:
+            return None
+        path = path[0]
+    p = Path(path)
+    if p.is_dir():
+        return read_dicom_folder if _has_dicom_file(p) and _dicom_series_ids(p) else None
+    suffix = _suffix(p)
+    if suffix in CT_SUFFIXES:
+        return read_ct_file
+    if suffix == ".dcm" or (p.is_file() and _is_dicom(p)):
+        return read_dicom_file
+    if suffix in SLIDE_SUFFIXES and _is_rgb_tiff(p):
+        return read_slide
+    return None
+
+
+# --- CT ------------------------------------------------------------------------------------------
+def ct_layer_data(volume: Any, name: str | None = None) -> LayerData:
+    """Image layer data for a `CTVolume`: HU array, spacing as scale, origin as translate, lung window."""
+    spacing = tuple(float(s) for s in volume.spacing)
+    origin_xyz = tuple(float(v) for v in volume.origin)
+    source = volume.source
+    kwargs: dict[str, Any] = {
+        "name": name or (_stem(Path(source)) if source else "CT"),
+        "scale": spacing,
+        "translate": origin_xyz[::-1],
+        "contrast_limits": LUNG_WINDOW,
+        "colormap": "gray",
+        "metadata": {
+            "spacing": spacing,
+            "origin": origin_xyz,
+            "direction": tuple(float(v) for v in volume.direction),
+            "path": source,
+            "modality": "CT",
+            "units": "HU",
+            "notes": tuple(getattr(volume, "notes", ())),
+        },
+    }
+    return (volume.array, kwargs, "image")
+
+
+def read_ct_file(path: str | os.PathLike[str]) -> list[LayerData]:
+    """A NIfTI / NRRD / MHA / MHD CT volume as one Image layer in HU."""
+    return [ct_layer_data(_read_ct(Path(path)))]
+
+
+def read_dicom_folder(path: str | os.PathLike[str]) -> list[LayerData]:
+    """Each 3-D DICOM series in a folder as its own Image layer (named by series when there are several)."""
+    folder = Path(path)
+    ids = _dicom_series_ids(folder)
+    if len(ids) == 1:
+        return [ct_layer_data(_read_ct(folder), name=folder.name)]
+    return [ct_layer_data(_read_ct(folder, sid), name=f"{folder.name} [{sid[-8:]}]") for sid in ids]
+
+
+def read_dicom_file(path: str | os.PathLike[str]) -> list[LayerData]:
+    """The whole series that a single .dcm file belongs to (read from its folder)."""
+    import SimpleITK as sitk
+
+    p = Path(path)
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(p))
+    reader.ReadImageInformation()
+    series = reader.GetMetaData("0020|000e").strip() if reader.HasMetaDataKey("0020|000e") else None
+    return [ct_layer_data(_read_ct(p.parent, series), name=p.parent.name)]
+
+
+def _read_ct(path: Path, series_id: str | None = None) -> Any:
+    from napari_clipmed.ct.io import read_ct
+
+    return read_ct(path, series_id=series_id) if series_id else read_ct(path)
+
+
+def _is_dicom(path: str | os.PathLike[str]) -> bool:
+    """True when the file carries the DICOM preamble ('DICM' at byte 128)."""
+    try:
+        with open(path, "rb") as fh:
+            fh.seek(128)
+            return fh.read(4) == b"DICM"
+    except OSError:
+        return False
+
+
+def _has_dicom_file(folder: Path, limit: int = 64) -> bool:
+    """Cheap check before GDCM scans a folder: one of its first files is DICOM."""
+    for i, entry in enumerate(os.scandir(folder)):
+        if i >= limit:
+            break
+        if entry.is_file() and _is_dicom(entry.path):
+            return True
+    return False
+
+
+def _dicom_series_ids(folder: Path) -> list[str]:
+    import SimpleITK as sitk
+
+    try:
+        return list(sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder)) or ())
+    except RuntimeError:
+        return []
+
+
+def _stem(path: Path) -> str:
+    name = path.name
+    for suffix in CT_SUFFIXES + SLIDE_SUFFIXES + (".dcm",):
+        if name.lower().endswith(suffix):
+            return name[: -len(suffix)]
+    return name
+
+
+# --- slides --------------------------------------------------------------------------------------
+def _is_rgb_tiff(path: Path) -> bool:
+    """True for a TIFF/SVS whose first page is an RGB(A) image of 8 bits per sample (a slide or photo)."""
+    import tifffile
+
+    try:
+        with tifffile.TiffFile(path) as tif:
+            page = tif.pages[0]
+            return page.samplesperpixel in (3, 4) and page.dtype == np.uint8 and len(page.shape) == 3
+    except (tifffile.TiffFileError, OSError, IndexError, ValueError):
+        return False
+
+
+def read_slide(path: str | os.PathLike[str]) -> list[LayerData]:
+    """Level 0 of a slide, or the largest pyramid level that is at most `MAX_SLIDE_SIDE` px on a side."""
+    import tifffile
+
+    p = Path(path)
+    with tifffile.TiffFile(p) as tif:
+        series = tif.series[0]
+        levels = list(getattr(series, "levels", None) or [series])
+        full_h, full_w = levels[0].shape[:2]
+        chosen = next((lvl for lvl in levels if max(lvl.shape[:2]) <= MAX_SLIDE_SIDE), levels[-1])
+        data = np.asarray(chosen.asarray())
+        mpp = _aperio_mpp(tif.pages[0].description or "")
+    if data.ndim == 3 and data.shape[-1] == 4:
+        data = data[..., :3]
+    downsample = (full_h / data.shape[0], full_w / data.shape[1])
+    metadata = {
+        "path": str(p),
+        "level_shape": tuple(int(n) for n in data.shape[:2]),
+        "level0_shape": (int(full_h), int(full_w)),
+        "downsample": downsample,
+        "mpp": mpp,  # micrometres per level-0 pixel, when the file says (Aperio)
+    }
+    kwargs = {"name": _stem(p), "rgb": True, "scale": downsample, "metadata": metadata}
+    return [(data, kwargs, "image")]
+
+
+def _aperio_mpp(description: str) -> float | None:
+    for part in description.replace("\n", "|").split("|"):
+        key, _, value = part.partition("=")
+        if key.strip().upper() == "MPP":
+            try:
+                return float(value)
+            except ValueError:
+                return None
+    return None
