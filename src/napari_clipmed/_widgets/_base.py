@@ -114,6 +114,7 @@ class ClipmedWidget(QWidget):
         self.viewer = viewer
         self.session = session_for(viewer)
         self.worker = None
+        self._cancel_requested = False
         self.last_error: str | None = None
         self._layer_combos: list[ComboBox] = []
         layout = QVBoxLayout(self)
@@ -186,7 +187,14 @@ class ClipmedWidget(QWidget):
             self.fail("a run is already in progress; cancel it or wait for it to finish")
             return None
         self.last_error = None
-        worker = create_worker(job, _start_thread=False)
+        self._cancel_requested = False
+
+        def drive() -> Generator[Progress, None, Any]:
+            # A generator *function*: napari only makes a GeneratorWorker (yielded signal, quit at
+            # each yield) for those, and `job` is often a lambda that returns a generator.
+            return (yield from job())
+
+        worker = create_worker(drive, _start_thread=False)
         self.worker = worker
         started = time.perf_counter()
         self.controls.run_button.setEnabled(False)
@@ -195,6 +203,9 @@ class ClipmedWidget(QWidget):
         self.controls.status.setText(description or "running ...")
 
         def returned(result: Any) -> None:
+            if self._cancel_requested:  # cancelled after the last progress step: drop the result
+                self.controls.status.setText("cancelled: nothing was changed")
+                return
             try:
                 on_result(result)
             except ClipmedError as err:
@@ -226,5 +237,6 @@ class ClipmedWidget(QWidget):
     def cancel(self) -> None:
         """Ask the running job to stop at its next progress step."""
         if self.worker is not None:
+            self._cancel_requested = True
             self.controls.status.setText("cancelling ...")
             self.worker.quit()
