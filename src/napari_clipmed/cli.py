@@ -17,6 +17,7 @@ from napari_clipmed.errors import ClipmedError
 # Modules that define `register(subparsers)`; each subparser sets `func(args) -> int`.
 COMMAND_MODULES: tuple[str, ...] = (
     "napari_clipmed.commands.models",
+    "napari_clipmed.commands.pathology_eval",
 )
 
 

@@ -165,6 +165,22 @@ def load_tileset(path: str | os.PathLike) -> TileSet:
     raise InputError(f"{path} is neither a folder of class folders nor a .csv manifest")
 
 
+def load_images(path: str | os.PathLike, extensions: Sequence[str] = IMAGE_EXTENSIONS) -> tuple[TileSet, bool]:
+    """Any image source and whether it carries labels: an ImageFolder or manifest (labelled), or a
+    single image file / a folder of images without class folders (unlabelled: one class named "")."""
+    path = Path(path)
+    if path.is_file() and path.suffix.lower() != ".csv":
+        return TileSet([path], np.zeros(1, np.int64), [""], None, path), False
+    if path.is_dir():
+        loose = sorted(p for p in path.iterdir() if _is_image(p, extensions))
+        has_classes = any(p.is_dir() and not p.name.startswith(".") for p in path.iterdir())
+        if loose:  # images directly in the folder: read those, unlabelled
+            return TileSet(loose, np.zeros(len(loose), np.int64), [""], None, path), False
+        if not has_classes:
+            raise InputError(f"{path} holds no images ({', '.join(extensions)})")
+    return load_tileset(path), True
+
+
 # ----------------------------------------------------------------------------- reading
 @dataclass
 class ImageReadResult:

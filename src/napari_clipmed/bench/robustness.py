@@ -1,0 +1,338 @@
+"""Robustness grid: models x corruptions x severities on a labelled tile set.
+
+For every condition the tiles are corrupted (severity 0 = the clean tiles), embedded by each
+model and scored twice: zero-shot classification (accuracy, balanced accuracy, weighted F1) and
+retrieval of the corrupted queries against the *clean* gallery, leave-one-out (a query never
+retrieves its own clean tile): top-k, majority-vote, precision and mAP at each k.
+
+Clean embeddings are computed once per model (and kept in the embedding cache). Each finished
+(model, corruption, severity) condition is appended to ``results.partial.csv``; a rerun into the
+same folder skips finished conditions. Only a complete run writes ``results.csv`` (tidy: model,
+corruption, severity, metric, value, n), ``summary.md`` and ``plots/<metric>.png``, and removes
+the partial file. ``run.json`` records the configuration next to the results.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+import os
+import zlib
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from napari_clipmed import __version__
+from napari_clipmed.bench import report
+from napari_clipmed.bench.tasks import (
+    LoadedTiles,
+    iter_load_tiles,
+    model_identity,
+    tileset_prompts,
+    zeroshot_scores,
+)
+from napari_clipmed.datasets import TileSet
+from napari_clipmed.errors import InputError
+from napari_clipmed.metrics import retrieval_metrics
+from napari_clipmed.progress import Progress, ProgressGenerator, run_generator
+from napari_clipmed.retrieval import EmbeddingIndex
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+PARTIAL = "results.partial.csv"
+RESULTS = "results.csv"
+Condition = tuple[str, str, int]  # (model, corruption, severity)
+
+
+@dataclass
+class RobustnessConfig:
+    """What to run and where to write it. `corruptions=("all",)` means every available corruption."""
+
+    models: tuple[str, ...]
+    corruptions: tuple[str, ...] = ("all",)
+    severities: tuple[int, ...] = (0, 1, 2, 3, 4)
+    ks: tuple[int, ...] = (1, 5, 10)
+    preset: str | None = None  # prompt preset name or YAML path; None: the tile set's class names
+    templates: tuple[str, ...] | None = None
+    seed: int = 0
+    batch_size: int = 64
+    out_dir: Path = Path("results")
+    weights_dir: Path | None = None
+    cache_dir: Path | None = None  # embedding cache for clean tiles; None: the user cache folder
+    use_cache: bool = True
+    device: str | None = None
+
+    def resolved(self) -> RobustnessConfig:
+        """A copy with "all" expanded and every field checked."""
+        from napari_clipmed.pathology.corrupt import list_corruptions
+
+        models = tuple(dict.fromkeys(m.strip() for m in self.models if m.strip()))
+        if not models:
+            raise InputError("name at least one model")
+        known = list(list_corruptions())
+        corr = tuple(known) if tuple(self.corruptions) in (("all",), ()) else tuple(dict.fromkeys(self.corruptions))
+        unknown = [c for c in corr if c not in known]
+        if unknown:
+            raise InputError(f"unknown corruption(s): {', '.join(unknown)}; available: {', '.join(known)}")
+        sev = tuple(sorted(set(int(s) for s in self.severities)))
+        if not sev or sev[0] < 0 or sev[-1] > 4:
+            raise InputError(f"severities must lie in 0..4 (0 = clean), got {list(self.severities)}")
+        ks = tuple(sorted(set(int(k) for k in self.ks)))
+        if not ks or ks[0] < 1:
+            raise InputError(f"k values must be positive, got {list(self.ks)}")
+        if self.batch_size < 1:
+            raise InputError(f"batch size must be at least 1, got {self.batch_size}")
+        return RobustnessConfig(
+            models, corr, sev, ks, self.preset, tuple(self.templates) if self.templates else None, int(self.seed),
+            self.batch_size, Path(self.out_dir), self.weights_dir, self.cache_dir, self.use_cache, self.device,
+        )
+
+    def to_dict(self) -> dict[str, object]:
+        return {k: (str(v) if isinstance(v, Path) else list(v) if isinstance(v, tuple) else v) for k, v in asdict(self).items()}
+
+
+@dataclass
+class RobustnessResult:
+    """The tidy results table, the files written, and which conditions were computed or reused."""
+
+    frame: pd.DataFrame
+    files: dict[str, Path]
+    computed: list[Condition] = field(default_factory=list)
+    reused: list[Condition] = field(default_factory=list)
+    skipped_images: list[tuple[str, str]] = field(default_factory=list)
+
+    def to_frame(self) -> pd.DataFrame:
+        return self.frame.copy()
+
+
+def metric_names(ks: Sequence[int]) -> list[str]:
+    """The metrics of one condition, in table order."""
+    names = ["zeroshot_accuracy", "zeroshot_balanced_accuracy", "zeroshot_f1_weighted"]
+    return names + [f"retrieval_{name}@{k}" for k in ks for name in ("top", "majority", "precision", "map")]
+
+
+def corruption_seed(seed: int, corruption: str, severity: int) -> int:
+    """The same corrupted tiles for every model (and every rerun) of one condition."""
+    return int(np.random.SeedSequence([seed, zlib.crc32(corruption.encode()), severity]).generate_state(1)[0])
+
+
+def _fingerprint(config: RobustnessConfig, tiles: TileSet, prompt_text: str) -> str:
+    """What the values depend on besides the model: tiles, labels, prompts, seed, k values."""
+    digest = hashlib.blake2b(digest_size=12)
+    for path, label in zip(tiles.paths, tiles.labels):
+        digest.update(f"{path}\t{tiles.class_names[label]}\n".encode())
+    digest.update(json.dumps([config.seed, list(config.ks), prompt_text, __version__]).encode())
+    return digest.hexdigest()
+
+
+# ----------------------------------------------------------------------------- partial results
+def _read_rows(path: Path) -> list[dict[str, str]]:
+    if not path.is_file():
+        return []
+    text = path.read_text(encoding="utf-8")
+    if not text.endswith("\n"):  # interrupted mid-line: drop the torn line
+        text = text[: text.rfind("\n") + 1]
+    return list(csv.DictReader(io.StringIO(text)))
+
+
+def _complete_conditions(rows: list[dict[str, str]], expected: list[str]) -> dict[Condition, list[dict]]:
+    """Rows grouped by condition (a repeated metric keeps its last row), only conditions with every metric."""
+    groups: dict[Condition, dict[str, dict]] = {}
+    for row in rows:
+        try:
+            key = (row["model"], row["corruption"], int(row["severity"]))
+            float(row["value"])
+            int(row["n"])
+        except (KeyError, TypeError, ValueError):
+            continue
+        groups.setdefault(key, {})[row["metric"]] = row
+    return {k: [v[m] for m in expected] for k, v in groups.items() if set(v) == set(expected)}
+
+
+def _rows_text(rows: list[dict], header: bool) -> str:
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=report.TIDY_COLUMNS, lineterminator="\n", extrasaction="ignore")
+    if header:
+        writer.writeheader()
+    writer.writerows(rows)
+    return buf.getvalue()
+
+
+def _append(path: Path, rows: list[dict]) -> None:
+    """Append one condition's rows in a single write, flushed to disk."""
+    data = _rows_text(rows, header=not path.exists()).encode()
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        os.write(fd, data)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+# ----------------------------------------------------------------------------- the run
+@dataclass
+class _ModelState:
+    model: object
+    identity: str
+    classifier: object
+    index: EmbeddingIndex
+
+
+def _condition_rows(cond: Condition, values: dict[str, float], n: int) -> list[dict]:
+    return [{"model": cond[0], "corruption": cond[1], "severity": cond[2], "metric": m, "value": repr(float(v)), "n": n}
+            for m, v in values.items()]
+
+
+def _relay(gen: ProgressGenerator, done: int, total: int, prefix: str) -> ProgressGenerator:
+    """Re-yield a sub-step's progress as cancel points inside one grid step."""
+    while True:
+        try:
+            step = next(gen)
+        except StopIteration as stop:
+            return stop.value
+        yield Progress(done, total, f"{prefix}: {step.message}")
+
+
+def iter_run_robustness(tileset: TileSet, config: RobustnessConfig) -> ProgressGenerator[RobustnessResult]:
+    """Run the grid (see module docstring); yields `Progress` per condition and returns the result."""
+    from napari_clipmed.models.cache import EmbeddingCache
+    from napari_clipmed.models.loader import load_model
+    from napari_clipmed.pathology.corrupt import corrupt
+    from napari_clipmed.zeroshot import ZeroShotClassifier
+
+    cfg = config.resolved()
+    tileset.require_classes(2, "the robustness benchmark (zero-shot classification)")
+    prompts, columns = tileset_prompts(tileset.class_names, cfg.preset, cfg.templates)
+    out = cfg.out_dir
+    n_sev = [s for s in cfg.severities if s > 0]
+    total = 1 + len(cfg.models) * (1 + len(cfg.corruptions) * len(n_sev))
+    done = 0
+
+    loaded: LoadedTiles = yield from _relay(iter_load_tiles(tileset), 0, total, "reading tiles")
+    tiles = loaded.tileset
+    tiles.require_classes(2, "the robustness benchmark once unreadable images are skipped")
+    if cfg.ks[-1] > len(tiles) - 1:
+        raise InputError(f"k={cfg.ks[-1]} is larger than the gallery: {len(tiles)} readable tiles, "
+                         f"so at most {len(tiles) - 1} neighbours per query (leave-one-out)")
+    done += 1
+    yield Progress(done, total, f"read {len(tiles)} tiles ({len(loaded.failed)} unreadable)")
+
+    expected = metric_names(cfg.ks)
+    fingerprint = _fingerprint(cfg, tiles, repr(prompts))
+    run_path = out / "run.json"
+    previous = json.loads(run_path.read_text()) if run_path.is_file() else {}
+    rows = _read_rows(out / PARTIAL) + _read_rows(out / RESULTS)
+    if rows and previous.get("fingerprint") != fingerprint:
+        raise InputError(
+            f"{out} holds results of a different run (other tiles, prompts, seed or k values); "
+            "choose another output folder or delete its results"
+        )
+
+    # models first: a missing checkpoint fails before any long work
+    cache = EmbeddingCache(cfg.cache_dir) if cfg.use_cache else None
+    models = {name: load_model(name, weights_dir=cfg.weights_dir, device=cfg.device) for name in cfg.models}
+    identities = {name: model_identity(m) for name, m in models.items()}
+    old_ids = previous.get("models", {})
+    finished = {k: v for k, v in _complete_conditions(rows, expected).items()
+                if k[0] in identities and old_ids.get(k[0]) == identities[k[0]]}
+    wanted = {(m, c, s) for m in cfg.models for c in cfg.corruptions for s in cfg.severities}
+    finished = {k: v for k, v in finished.items() if k in wanted}
+    reused = sorted(finished)
+    # the folder now describes this run: finished rows in the partial file, no stale final outputs
+    out.mkdir(parents=True, exist_ok=True)
+    report.atomic_write(out / PARTIAL, lambda tmp: tmp.write_text(_rows_text([r for v in finished.values() for r in v], True)))
+    for stale in [out / RESULTS, out / "summary.md"]:
+        stale.unlink(missing_ok=True)
+    info = {"fingerprint": fingerprint, "models": identities, "status": "running", "version": __version__,
+            "config": cfg.to_dict(), "tiles": {"source": str(tileset.source), "n_readable": len(tiles),
+                                               "n_unreadable": len(loaded.failed), "classes": tiles.counts()},
+            "prompts": {"name": prompts.name, "classes": {k: list(v) for k, v in prompts.classes.items()},
+                        "templates": list(prompts.templates)}}
+    report.write_text(run_path, json.dumps(info, indent=2))
+    if loaded.failed:
+        import pandas as pd
+
+        report.write_csv(pd.DataFrame(loaded.failed, columns=["path", "reason"]), out / "skipped_images.csv")
+
+    y_prompt = columns[tiles.labels]
+    computed: list[Condition] = []
+
+    def evaluate(state: _ModelState, emb: np.ndarray) -> dict[str, float]:
+        values = zeroshot_scores(y_prompt, state.classifier.predict(emb))
+        hits = state.index.search(emb, cfg.ks[-1], exclude_self=True, model_id=state.identity)
+        values |= {f"retrieval_{k}": v for k, v in retrieval_metrics(tiles.labels, hits.labels, cfg.ks).items()}
+        return values
+
+    states: dict[str, _ModelState] = {}
+    for name, model in models.items():
+        msg = f"{name}: clean tiles"
+        emb = yield from _relay(model.iter_encode_images(loaded.images, batch_size=cfg.batch_size, cache=cache),
+                                done, total, msg)
+        state = _ModelState(model, identities[name], ZeroShotClassifier.from_prompts(model, prompts),
+                            EmbeddingIndex(emb, labels=tiles.labels, model_id=identities[name]))
+        states[name] = state
+        clean_todo = [(name, c, 0) for c in cfg.corruptions if (name, c, 0) not in finished] if 0 in cfg.severities else []
+        if clean_todo:  # severity 0 is the same clean tiles for every corruption: scored once, one block per corruption
+            values = evaluate(state, emb)
+            _append(out / PARTIAL, [r for cond in clean_todo for r in _condition_rows(cond, values, len(tiles))])
+            computed += clean_todo
+        done += 1
+        yield Progress(done, total, msg)
+
+    for corruption in cfg.corruptions:
+        for severity in n_sev:
+            todo = [m for m in cfg.models if (m, corruption, severity) not in finished]
+            if not todo:
+                done += len(cfg.models)
+                yield Progress(done, total, f"{corruption} {severity}: already done")
+                continue
+            images = corrupt(loaded.images, corruption, severity, seed=corruption_seed(cfg.seed, corruption, severity))
+            done += len(cfg.models) - len(todo)
+            for name in todo:
+                cond = (name, corruption, severity)
+                msg = f"{name}: {corruption} severity {severity}"
+                emb = yield from _relay(models[name].iter_encode_images(images, batch_size=cfg.batch_size),
+                                        done, total, msg)
+                _append(out / PARTIAL, _condition_rows(cond, evaluate(states[name], emb), len(tiles)))
+                computed.append(cond)
+                done += 1
+                yield Progress(done, total, msg)
+
+    return _finish(out, cfg, info, loaded.failed, computed, reused, expected)
+
+
+def _finish(out: Path, cfg: RobustnessConfig, info: dict, failed: list, computed: list, reused: list,
+            expected: list[str]) -> RobustnessResult:
+    """All conditions are in the partial file: write the final outputs, then drop the partial file."""
+    import pandas as pd
+
+    groups = _complete_conditions(_read_rows(out / PARTIAL), expected)
+    missing = [(m, c, s) for m in cfg.models for c in cfg.corruptions for s in cfg.severities if (m, c, s) not in groups]
+    if missing:
+        raise InputError(f"{len(missing)} conditions are missing from {out / PARTIAL} (e.g. {missing[0]}); rerun to finish")
+    records = [r for m in cfg.models for c in cfg.corruptions for s in cfg.severities for r in groups[(m, c, s)]]
+    frame = pd.DataFrame(records, columns=report.TIDY_COLUMNS)
+    frame = frame.astype({"severity": int, "value": float, "n": int})
+    files = {"results": report.write_csv(frame, out / RESULTS)}
+    headline = ["zeroshot_balanced_accuracy", f"retrieval_majority@{cfg.ks[-1]}"]
+    run_info = {"models": ", ".join(cfg.models), "corruptions": ", ".join(cfg.corruptions),
+                "severities": ", ".join(map(str, cfg.severities)), "tiles": info["tiles"]["n_readable"],
+                "classes": ", ".join(f"{k} ({v})" for k, v in info["tiles"]["classes"].items()),
+                "prompts": info["prompts"]["name"], "seed": cfg.seed}
+    files["summary"] = report.write_text(out / "summary.md", report.summary_markdown(frame, run_info, headline, failed))
+    for path in report.write_plots(frame, out / "plots"):
+        files[f"plot:{path.stem}"] = path
+    report.write_text(out / "run.json", json.dumps({**info, "status": "complete"}, indent=2))
+    (out / PARTIAL).unlink(missing_ok=True)
+    return RobustnessResult(frame, files, computed, reused, list(failed))
+
+
+def run_robustness(tileset: TileSet, config: RobustnessConfig, on_progress=None) -> RobustnessResult:
+    """Plain-call twin of `iter_run_robustness`."""
+    return run_generator(iter_run_robustness(tileset, config), on_progress)

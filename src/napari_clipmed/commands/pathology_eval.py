@@ -1,0 +1,232 @@
+"""`clipmed robustness`, `clipmed zeroshot` and `clipmed retrieve`: pathology evaluation from the shell.
+
+Thin wrappers over `napari_clipmed.bench` (importable for scripts); heavy imports happen only
+when a command runs, so building the parser stays cheap.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from napari_clipmed.errors import InputError
+from napari_clipmed.progress import Progress
+
+
+def _csv_list(text: str) -> list[str]:
+    return [t.strip() for t in text.split(",") if t.strip()]
+
+
+def _int_list(text: str) -> list[int]:
+    try:
+        return [int(t) for t in _csv_list(text)]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated whole numbers, got {text!r}") from None
+
+
+def _templates(text: str | None) -> list[str] | None:
+    return [t.strip() for t in text.split(";") if t.strip()] if text else None
+
+
+class _Printer:
+    """Progress on stderr: one updating line on a terminal, a line per new stage otherwise."""
+
+    def __init__(self, quiet: bool = False) -> None:
+        self.quiet = quiet
+        self.tty = sys.stderr.isatty()
+        self.last = ""
+
+    def __call__(self, step: Progress) -> None:
+        if self.quiet:
+            return
+        stage = step.message.split(":")[0]
+        if self.tty:
+            print(f"\r[{step.done}/{step.total}] {step.message[:100]:<100}", end="", file=sys.stderr, flush=True)
+        elif stage != self.last:
+            print(f"[{step.done}/{step.total}] {step.message}", file=sys.stderr, flush=True)
+        self.last = stage
+
+    def close(self) -> None:
+        if self.tty and not self.quiet:
+            print(file=sys.stderr)
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--weights-dir", type=Path, help="folder with model checkpoints")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--device", help="cpu, cuda, mps (default: best available)")
+    p.add_argument("--cache-dir", type=Path, help="embedding cache folder (default: the user cache)")
+    p.add_argument("--no-cache", action="store_true", help="do not read or write cached embeddings")
+    p.add_argument("--quiet", action="store_true", help="no progress output")
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "robustness", help="models x corruptions x severities on a labelled tile set",
+        description="Zero-shot and retrieval metrics under image corruptions. Resumes an interrupted run "
+        "in the same --out folder. Writes results.csv, summary.md and plots/*.png.",
+    )
+    p.add_argument("--data", required=True, type=Path, help="ImageFolder (one folder per class) or CSV manifest")
+    p.add_argument("--models", required=True, type=_csv_list, help="comma-separated model names")
+    p.add_argument("--corruptions", default="all", type=_csv_list, help="comma-separated, or 'all'")
+    p.add_argument("--severities", default="0,1,2,3,4", type=_int_list, help="0 = clean, up to 4")
+    p.add_argument("--k", default="1,5,10", type=_int_list, help="retrieval cut-offs")
+    p.add_argument("--preset", help="prompt preset (e.g. osteosarcoma, wsss4luad) or YAML file")
+    p.add_argument("--templates", help="prompt templates separated by ';', each with {}")
+    p.add_argument("--split", help="only tiles of this manifest split")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", required=True, type=Path, help="output folder")
+    _common(p)
+    p.set_defaults(func=_run_robustness)
+
+    p = subparsers.add_parser("zeroshot", help="zero-shot classification of tiles or images",
+                              description="Classify images by text prompts; with a labelled tile set also score it.")
+    p.add_argument("--data", required=True, type=Path, help="ImageFolder, CSV manifest, folder of images or one image")
+    p.add_argument("--model", required=True)
+    group = p.add_mutually_exclusive_group()
+    group.add_argument("--classes", type=_csv_list, help="comma-separated class names (default: the tile-set classes)")
+    group.add_argument("--preset", help="prompt preset name or YAML file")
+    p.add_argument("--templates", help="prompt templates separated by ';', each with {}")
+    p.add_argument("--out", required=True, type=Path, help="predictions CSV")
+    _common(p)
+    p.set_defaults(func=_run_zeroshot)
+
+    p = subparsers.add_parser("retrieve", help="nearest gallery tiles for query images",
+                              description="Top-k most similar gallery images (cosine similarity of embeddings).")
+    p.add_argument("--gallery", required=True, type=Path, help="image folder, ImageFolder, manifest or saved index.npz")
+    p.add_argument("--query", required=True, type=Path, help="image, folder or manifest")
+    p.add_argument("--model", required=True)
+    p.add_argument("--k", type=int, default=10)
+    p.add_argument("--out", required=True, type=Path, help="hits CSV")
+    p.add_argument("--save-index", type=Path, help="also save the gallery index (.npz) for reuse")
+    _common(p)
+    p.set_defaults(func=_run_retrieve)
+
+
+def _cache(args: argparse.Namespace):
+    from napari_clipmed.models.cache import EmbeddingCache
+
+    return None if args.no_cache else EmbeddingCache(args.cache_dir)
+
+
+def _run_robustness(args: argparse.Namespace) -> int:
+    from napari_clipmed.bench.robustness import RobustnessConfig, iter_run_robustness
+    from napari_clipmed.datasets import load_tileset
+    from napari_clipmed.progress import run_generator
+
+    tileset = load_tileset(args.data)
+    if args.split:
+        tileset = tileset.select_split(args.split)
+    config = RobustnessConfig(
+        models=tuple(args.models), corruptions=tuple(args.corruptions), severities=tuple(args.severities),
+        ks=tuple(args.k), preset=args.preset, templates=_templates(args.templates), seed=args.seed,
+        batch_size=args.batch_size, out_dir=args.out, weights_dir=args.weights_dir, cache_dir=args.cache_dir,
+        use_cache=not args.no_cache, device=args.device,
+    )
+    printer = _Printer(args.quiet)
+    try:
+        result = run_generator(iter_run_robustness(tileset, config), printer)
+    finally:
+        printer.close()
+    if result.reused:
+        print(f"resumed: {len(result.reused)} conditions reused, {len(result.computed)} computed")
+    if result.skipped_images:
+        print(f"skipped {len(result.skipped_images)} unreadable images (listed in {args.out / 'skipped_images.csv'})")
+    print(f"wrote {result.files['results']} ({len(result.frame)} rows), {result.files['summary']}, "
+          f"{sum(k.startswith('plot:') for k in result.files)} plots in {args.out / 'plots'}")
+    return 0
+
+
+def _run_zeroshot(args: argparse.Namespace) -> int:
+    from napari_clipmed.bench import report
+    from napari_clipmed.bench.tasks import iter_load_tiles, iter_zeroshot_tiles, prompt_columns, tileset_prompts
+    from napari_clipmed.datasets import load_images
+    from napari_clipmed.models.loader import load_model
+    from napari_clipmed.progress import run_generator
+    from napari_clipmed.zeroshot import PromptSet, load_preset
+
+    tileset, labelled = load_images(args.data)
+    templates = _templates(args.templates)
+    columns = None
+    if args.preset or args.classes:
+        if args.preset:
+            prompts = load_preset(args.preset)
+            if templates:
+                prompts = PromptSet(prompts.classes, tuple(templates), prompts.name, prompts.description)
+        else:
+            prompts = PromptSet.from_spec(args.classes, templates)
+        if labelled:
+            try:
+                columns = prompt_columns(tileset.class_names, prompts)
+            except InputError as err:
+                print(f"note: predictions are not scored: {err}", file=sys.stderr)
+    elif labelled:
+        tileset.require_classes(2, "zero-shot classification")
+        prompts, columns = tileset_prompts(tileset.class_names, None, templates)
+    else:
+        raise InputError("these images carry no labels: name the classes with --classes a,b or --preset NAME")
+    model = load_model(args.model, weights_dir=args.weights_dir, device=args.device)
+    printer = _Printer(args.quiet)
+    try:
+        tiles = run_generator(iter_load_tiles(tileset), printer)
+        result = run_generator(iter_zeroshot_tiles(model, tiles, prompts, columns, batch_size=args.batch_size,
+                                                   cache=_cache(args)), printer)
+    finally:
+        printer.close()
+    if labelled and result.true is None:
+        result.true = list(tiles.tileset.label_names)
+    frame = result.to_frame()
+    report.write_csv(frame, args.out)
+    for name, value in result.scores.items():
+        print(f"{name}: {value:.4f}")
+    print(f"wrote {args.out} ({len(frame)} images, classes: {', '.join(result.classes)})")
+    return 0
+
+
+def _run_retrieve(args: argparse.Namespace) -> int:
+    from napari_clipmed import metrics
+    from napari_clipmed.bench import report
+    from napari_clipmed.bench.tasks import iter_index_tiles, iter_load_tiles, model_identity
+    from napari_clipmed.datasets import load_images
+    from napari_clipmed.models.loader import load_model
+    from napari_clipmed.progress import run_generator
+    from napari_clipmed.retrieval import EmbeddingIndex
+
+    model = load_model(args.model, weights_dir=args.weights_dir, device=args.device)
+    printer = _Printer(args.quiet)
+    same = False
+    try:
+        if args.gallery.suffix.lower() == ".npz":
+            index = EmbeddingIndex.load(args.gallery)
+        else:
+            gallery_set, labelled = load_images(args.gallery)
+            gallery = run_generator(iter_load_tiles(gallery_set), printer)
+            index = run_generator(iter_index_tiles(model, gallery, labelled=labelled, batch_size=args.batch_size,
+                                                   cache=_cache(args)), printer)
+            same = args.query.resolve() == args.gallery.resolve()
+        query_set, query_labelled = load_images(args.query)
+        queries = run_generator(iter_load_tiles(query_set), printer)
+        emb = run_generator(model.iter_encode_images(queries.images, batch_size=args.batch_size, cache=_cache(args)),
+                            printer)
+    finally:
+        printer.close()
+    if args.save_index:
+        print(f"saved the gallery index to {index.save(args.save_index)}")
+    if same:  # the query images are the gallery: leave each one out of its own search
+        paths = {p: i for i, p in enumerate(index.ids)}
+        rows = [paths[str(p)] for p in queries.tileset.paths]
+        hits = index.search(emb, args.k, model_id=model_identity(model), query_rows=rows)
+        print("queries are the gallery: each query is left out of its own search")
+    else:
+        hits = index.search(emb, args.k, model_id=model_identity(model))
+    hits.query_ids = [str(p) for p in queries.tileset.paths]
+    frame = hits.to_frame()
+    if query_labelled:
+        frame.insert(1, "query_label", list(queries.tileset.label_names.repeat(hits.k)))
+    report.write_csv(frame, args.out)
+    if query_labelled and hits.labels is not None:
+        for name, value in metrics.retrieval_metrics(queries.tileset.label_names, hits.labels, [1, args.k]).items():
+            print(f"{name}: {value:.4f}")
+    print(f"wrote {args.out} ({len(queries.images)} queries x {args.k} hits from a gallery of {len(index)})")
+    return 0
