@@ -10,7 +10,7 @@ import pytest
 import tifffile
 from torchvision.datasets import ImageFolder
 
-from napari_clipmed.datasets import load_imagefolder, load_manifest, load_tileset, read_images
+from napari_clipmed.datasets import load_imagefolder, load_images, load_manifest, load_tileset, read_images
 from napari_clipmed.errors import InputError
 
 
@@ -120,3 +120,15 @@ def test_subset_keeps_classes(folder: Path) -> None:
     ts = load_imagefolder(folder)
     sub = ts.subset(np.array([False, True, False, True]))
     assert len(sub) == 2 and sub.class_names == ts.class_names and list(sub.labels) == [1, 1]
+
+
+def test_load_images_tells_labelled_from_unlabelled(folder: Path, tmp_path: Path) -> None:
+    ts, labelled = load_images(folder)
+    assert labelled and ts.class_names == ["stroma", "tumour"]
+    flat, labelled = load_images(folder / "tumour")  # images directly inside: unlabelled
+    assert not labelled and [p.name for p in flat.paths] == ["a.png", "b.png"] and flat.class_names == [""]
+    one, labelled = load_images(folder / "stroma" / "x.png")
+    assert not labelled and one.paths == [folder / "stroma" / "x.png"]
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(InputError, match="holds no images"):
+        load_images(tmp_path / "empty")
