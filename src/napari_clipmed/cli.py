@@ -18,6 +18,8 @@ from napari_clipmed.errors import ClipmedError
 COMMAND_MODULES: tuple[str, ...] = (
     "napari_clipmed.commands.models",
     "napari_clipmed.commands.pathology_eval",
+    "napari_clipmed.commands.gui",
+    "napari_clipmed.commands.dapt",
 )
 
 
