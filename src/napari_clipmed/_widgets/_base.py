@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 from magicgui.widgets import ComboBox, Container, FileEdit, PushButton
 from qtpy.QtWidgets import QHBoxLayout, QLabel, QProgressBar, QPushButton, QVBoxLayout, QWidget
 
-from napari_clipmed._widgets._session import ModelChoice, ModelSession, session_for
+from napari_clipmed._widgets._session import ModelChoice, ModelSession, availability, session_for
 from napari_clipmed.errors import ClipmedError
 from napari_clipmed.progress import Progress
 
@@ -37,11 +37,12 @@ def notify_info(message: str) -> None:
 class ModelPanel(Container):
     """Model name + optional checkpoint + Load button + status line (device or what is missing)."""
 
-    def __init__(self, session: ModelSession) -> None:
+    def __init__(self, session: ModelSession, default: str = "pathclip") -> None:
         from napari_clipmed.models.registry import list_models
 
         self.session = session
-        self.model_name = ComboBox(label="model", choices=list_models(), value="pathclip")
+        names = list_models()
+        self.model_name = ComboBox(label="model", choices=names, value=default if default in names else names[0])
         self.weights = FileEdit(label="checkpoint", mode="r", value="", nullable=True, tooltip=(
             "Optional: a checkpoint file (or Hugging Face folder). Empty: look in the weights folder, "
             "then download when online."
@@ -52,6 +53,9 @@ class ModelPanel(Container):
         self.status.setWordWrap(True)
         self.native.layout().addWidget(self.status)
         self.load_button.changed.connect(self._load)
+        self.model_name.changed.connect(self._show_availability)
+        self.weights.changed.connect(self._show_availability)
+        self._show_availability()
         session.status.connect(self._show_status)
         session.busy.connect(self._busy)
 
@@ -62,6 +66,11 @@ class ModelPanel(Container):
 
     def _load(self) -> None:
         self.session.load(self.choice())
+
+    def _show_availability(self, *_: object) -> None:
+        """Before a model is loaded, say whether the chosen one can be (and which file is missing where)."""
+        if self.session.model is None and not self.session.loading:
+            self.status.setText(availability(self.choice()))
 
     def _show_status(self, message: str) -> None:
         self.status.setText(message)
@@ -107,6 +116,7 @@ class ClipmedWidget(QWidget):
     """Base class: a model panel (when `needs_model`), the subclass's `form`, and job controls."""
 
     needs_model: bool = True
+    default_model: str = "pathclip"  # preselected in the model panel
     run_text: str = "Run"
 
     def __init__(self, viewer: napari.viewer.Viewer) -> None:
@@ -120,7 +130,7 @@ class ClipmedWidget(QWidget):
         layout = QVBoxLayout(self)
         self.model_panel: ModelPanel | None = None
         if self.needs_model:
-            self.model_panel = ModelPanel(self.session)
+            self.model_panel = ModelPanel(self.session, self.default_model)
             layout.addWidget(self.model_panel.native)
         self.form = Container(labels=True)
         layout.addWidget(self.form.native)

@@ -26,6 +26,30 @@ class ModelChoice:
     weights: str | None = None
 
 
+def availability(choice: ModelChoice) -> str:
+    """One line saying whether `choice` can be loaded and, if not, which file to put where.
+
+    Cheap (no model is built, nothing is downloaded): shown in the model panel before Load.
+    """
+    from napari_clipmed.errors import ClipmedError
+    from napari_clipmed.models.registry import UnknownModelError, get_spec
+    from napari_clipmed.models.weights import default_weights_dir, is_offline, resolve_weights
+
+    try:
+        spec = get_spec(choice.name)
+        path = resolve_weights(spec, choice.weights, allow_download=False)
+    except UnknownModelError as err:
+        return str(err)
+    except ClipmedError as err:
+        if choice.weights is None and spec.hub_id and not is_offline():
+            return (f"{spec.name}: not downloaded yet; Load fetches it from {spec.hub_id} "
+                    f"into {default_weights_dir()}")
+        return str(err)
+    if path is None:
+        return f"{spec.name}: needs no checkpoint; click Load. {spec.description}"
+    return f"{spec.name}: checkpoint found at {path}; click Load"
+
+
 class ModelSession:
     """Holds the viewer's model; loads it on a background thread."""
 
