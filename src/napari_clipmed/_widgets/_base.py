@@ -204,7 +204,7 @@ class ClipmedWidget(QWidget):
             # each yield) for those, and `job` is often a lambda that returns a generator.
             return (yield from job())
 
-        worker = create_worker(drive, _start_thread=False)
+        worker = create_worker(drive, _start_thread=False, _ignore_errors=True)  # `errored` reports them
         self.worker = worker
         started = time.perf_counter()
         self.controls.run_button.setEnabled(False)

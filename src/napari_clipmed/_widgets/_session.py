@@ -89,7 +89,7 @@ class ModelSession:
             return
         from napari_clipmed.models.loader import load_model
 
-        worker = create_worker(load_model, choice.name, choice.weights or None, _start_thread=False)
+        worker = create_worker(load_model, choice.name, choice.weights or None, _start_thread=False, _ignore_errors=True)
         self._worker = worker
         self._set_status(f"loading {choice.name} ...")
         self.busy.emit(True)
