@@ -1,0 +1,86 @@
+"""`clipmed robustness | zeroshot | retrieve` through `napari_clipmed.cli.main` with the tiny model."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from sklearn import metrics as skm
+
+from napari_clipmed.cli import main
+
+
+def test_robustness_command_writes_results(tile_root: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    out = tmp_path / "results"
+    code = main(["robustness", "--data", str(tile_root), "--models", "tiny-random", "--corruptions", "hue",
+                 "--severities", "0,4", "--k", "1", "--out", str(out), "--device", "cpu", "--quiet"])
+    assert code == 0
+    table = pd.read_csv(out / "results.csv")
+    assert len(table) == 2 * 7 and set(table["severity"]) == {0, 4} and set(table["corruption"]) == {"hue"}
+    assert (out / "summary.md").is_file() and len(list((out / "plots").glob("*.png"))) == 7
+    assert "wrote" in capsys.readouterr().out
+
+
+def test_robustness_command_reports_bad_input(tile_root: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    code = main(["robustness", "--data", str(tile_root), "--models", "tiny-random", "--k", "1,100",
+                 "--corruptions", "hue", "--out", str(tmp_path / "o"), "--quiet"])
+    assert code == 2
+    assert "k=100 is larger than the gallery: 24 readable tiles" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
+
+
+def test_zeroshot_command_scores_a_labelled_tile_set(tile_root: Path, tmp_path: Path,
+                                                     capsys: pytest.CaptureFixture) -> None:
+    preds = tmp_path / "preds.csv"
+    assert main(["zeroshot", "--data", str(tile_root), "--model", "tiny-random", "--out", str(preds), "--quiet"]) == 0
+    frame = pd.read_csv(preds)
+    assert list(frame.columns) == ["path", "label", "predicted", "p(cmu_skin)", "p(he_carcinoma)"]
+    assert len(frame) == 24
+    np.testing.assert_allclose(frame[["p(cmu_skin)", "p(he_carcinoma)"]].sum(axis=1), 1, atol=1e-5)
+    printed = dict(line.split(": ") for line in capsys.readouterr().out.splitlines() if line.startswith("zeroshot_"))
+    assert float(printed["zeroshot_accuracy"]) == pytest.approx(skm.accuracy_score(frame["label"], frame["predicted"]),
+                                                                abs=1e-4)
+    assert float(printed["zeroshot_balanced_accuracy"]) == pytest.approx(
+        skm.balanced_accuracy_score(frame["label"], frame["predicted"]), abs=1e-4)
+
+
+def test_zeroshot_command_on_one_image_needs_classes(tile_root: Path, tmp_path: Path,
+                                                     capsys: pytest.CaptureFixture) -> None:
+    image = tile_root / "cmu_skin" / "tile_00.png"
+    assert main(["zeroshot", "--data", str(image), "--model", "tiny-random", "--out", str(tmp_path / "p.csv")]) == 2
+    assert "--classes" in capsys.readouterr().err
+    assert main(["zeroshot", "--data", str(image), "--model", "tiny-random", "--classes", "tumour,stroma,fat",
+                 "--out", str(tmp_path / "p.csv"), "--quiet"]) == 0
+    frame = pd.read_csv(tmp_path / "p.csv")
+    assert list(frame.columns) == ["path", "predicted", "p(tumour)", "p(stroma)", "p(fat)"] and len(frame) == 1
+
+
+def test_retrieve_command_leave_one_out_and_saved_index(tile_root: Path, tmp_path: Path) -> None:
+    hits_csv, index_path = tmp_path / "hits.csv", tmp_path / "gallery.npz"
+    assert main(["retrieve", "--gallery", str(tile_root), "--query", str(tile_root), "--model", "tiny-random",
+                 "--k", "5", "--out", str(hits_csv), "--save-index", str(index_path), "--quiet"]) == 0
+    hits = pd.read_csv(hits_csv)
+    assert len(hits) == 24 * 5 and list(hits["rank"][:5]) == [1, 2, 3, 4, 5]
+    assert not (hits["query"] == hits["id"]).any()  # a query never retrieves itself
+    assert (hits.groupby("query")["similarity"].apply(lambda s: s.is_monotonic_decreasing)).all()
+
+    # the saved index answers a single-image query; its own tile comes first (it is in the gallery)
+    image = tile_root / "he_carcinoma" / "tile_03.png"
+    single = tmp_path / "one.csv"
+    assert main(["retrieve", "--gallery", str(index_path), "--query", str(image), "--model", "tiny-random",
+                 "--k", "6", "--out", str(single), "--quiet"]) == 0
+    one = pd.read_csv(single)
+    assert one["id"].iloc[0] == str(image) and one["similarity"].iloc[0] == pytest.approx(1, abs=1e-5)
+    loo = hits[hits["query"] == str(image)]["id"].tolist()
+    assert one["id"].iloc[1:].tolist() == loo
+
+
+def test_retrieve_command_refuses_k_beyond_the_gallery(tile_root: Path, tmp_path: Path,
+                                                       capsys: pytest.CaptureFixture) -> None:
+    code = main(["retrieve", "--gallery", str(tile_root / "cmu_skin"), "--query", str(tile_root / "he_carcinoma"),
+                 "--model", "tiny-random", "--k", "13", "--out", str(tmp_path / "h.csv"), "--quiet"])
+    assert code == 2
+    assert "k=13 is larger than the gallery: it has 12 items" in capsys.readouterr().err
+    assert not (tmp_path / "h.csv").exists()
