@@ -9,28 +9,9 @@ import torch
 from napari_clipmed.errors import CheckpointMismatchError
 from napari_clipmed.models.loader import load_model
 
-transformers = pytest.importorskip("transformers")
-
-
-def _small_hf_clip(seed: int = 0):
-    config = transformers.CLIPConfig(
-        text_config=dict(hidden_size=64, intermediate_size=256, num_hidden_layers=2, num_attention_heads=2,
-                         max_position_embeddings=77, vocab_size=49408),
-        vision_config=dict(hidden_size=64, intermediate_size=256, num_hidden_layers=2, num_attention_heads=2,
-                           image_size=64, patch_size=16),
-        projection_dim=32,
-    )
-    torch.manual_seed(seed)
-    model = transformers.CLIPModel(config).eval()
-    with torch.no_grad():  # make every tensor non-trivial (HF initialises some biases to zero, norms to one)
-        for param in model.parameters():
-            param.add_(0.02 * torch.randn_like(param))
-    return model
-
-
 @pytest.fixture(scope="module")
-def hf_checkpoint(tmp_path_factory):
-    model = _small_hf_clip()
+def hf_checkpoint(tmp_path_factory, small_hf_clip):
+    model = small_hf_clip(0)
     folder = tmp_path_factory.mktemp("hf") / "plip"
     model.save_pretrained(folder)  # config.json + model.safetensors
     return model, folder

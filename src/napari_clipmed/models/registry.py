@@ -9,6 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from typing import Literal
 
+from napari_clipmed.errors import ClipmedError
+
 OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
 
@@ -131,7 +133,7 @@ _BUILTIN: tuple[ModelSpec, ...] = (
 MODELS: dict[str, ModelSpec] = {spec.name: spec for spec in _BUILTIN}
 
 
-class UnknownModelError(KeyError):
+class UnknownModelError(ClipmedError, KeyError):
     """A model name that is not in the registry."""
 
     def __str__(self) -> str:  # KeyError quotes its message; show it plainly
