@@ -1,0 +1,222 @@
+"""Retrieval widget: index a folder of tiles (or load a saved index), query with a layer or a drawn
+rectangle, and show the top-k hits as an image grid with similarity and label per cell.
+
+Building, embedding the query and searching run in a worker (progress + cancel); layers are
+only added in the result handler, so a cancelled or failed run leaves the viewer as it was.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from magicgui.widgets import ComboBox, FileEdit, PushButton, RadioButtons, SpinBox
+from qtpy.QtWidgets import QLabel, QTableWidget, QTableWidgetItem
+
+from napari_clipmed._widgets import _path_layers as pl
+from napari_clipmed._widgets._base import ClipmedWidget, notify_info
+from napari_clipmed._widgets._gallery import GalleryBuild, iter_index_folder, model_id_of, read_tiles
+from napari_clipmed.errors import ClipmedError, InputError
+from napari_clipmed.progress import Progress
+
+if TYPE_CHECKING:
+    import napari
+    import pandas as pd
+
+    from napari_clipmed.retrieval import EmbeddingIndex
+
+WHOLE, RECTANGLE = "whole image", "last rectangle"
+
+
+def _is_image(layer: Any) -> bool:
+    from napari.layers import Image
+
+    return isinstance(layer, Image)
+
+
+def _is_shapes(layer: Any) -> bool:
+    from napari.layers import Shapes
+
+    return isinstance(layer, Shapes)
+
+
+def _path_value(edit: FileEdit) -> Path | None:
+    value = edit.value
+    text = "" if value is None else str(value)
+    return None if text in ("", ".") else Path(text)
+
+
+class RetrievalWidget(ClipmedWidget):
+    """Index tiles, query with the current image or a rectangle, browse and export the top-k hits."""
+
+    run_text = "Search"
+
+    def __init__(self, viewer: napari.viewer.Viewer) -> None:
+        super().__init__(viewer)
+        self.index: EmbeddingIndex | None = None
+        self.hits: pd.DataFrame | None = None
+        self.unreadable: list[tuple[str, str]] = []  # (path, reason) of files the last build skipped
+        self.folder = FileEdit(label="tile folder", mode="d", tooltip="ImageFolder (one sub-folder per label) or a flat folder of tiles")
+        self.build_button = PushButton(text="Build index")
+        self.index_file = FileEdit(label="index file", mode="r", filter="*.npz")
+        self.load_button = PushButton(text="Load index")
+        self.save_file = FileEdit(label="save index as", mode="w", filter="*.npz")
+        self.save_button = PushButton(text="Save index")
+        self.query_mode = RadioButtons(label="query", choices=[WHOLE, RECTANGLE], value=WHOLE, orientation="horizontal")
+        self.image_layer = self.layer_combo("image", _is_image)
+        self.shapes_layer = self.layer_combo("rectangles", _is_shapes)
+        self.k = SpinBox(label="top k", value=8, min=1, max=500)
+        self.csv_file = FileEdit(label="export to", mode="w", filter="*.csv")
+        self.export_button = PushButton(text="Export CSV")
+        self.form.extend(
+            [self.folder, self.build_button, self.index_file, self.load_button, self.save_file, self.save_button,
+             self.query_mode, self.image_layer, self.shapes_layer, self.k]
+        )
+        self.index_status = QLabel("no index: build one from a folder or load a saved one")
+        self.index_status.setWordWrap(True)
+        self.table = QTableWidget(0, 4)
+        self.table.setHorizontalHeaderLabels(["rank", "label", "similarity", "path"])
+        self.table.setEditTriggers(QTableWidget.EditTrigger.NoEditTriggers)
+        layout = self.layout()
+        layout.insertWidget(layout.indexOf(self.form.native) + 1, self.index_status)
+        layout.insertWidget(layout.count() - 1, self.table)
+        for w in (self.csv_file, self.export_button):
+            layout.insertWidget(layout.count() - 1, w.native)
+        self.build_button.changed.connect(self.build_index)
+        self.load_button.changed.connect(self.load_index)
+        self.save_button.changed.connect(self.save_index)
+        self.export_button.changed.connect(self.export_csv)
+        self.reset_choices()
+
+    # --- index ------------------------------------------------------------------------------------
+    def _set_index(self, index: EmbeddingIndex, origin: str) -> None:
+        self.index = index
+        labels = f", {len(set(index.labels.tolist()))} labels" if index.labels is not None else ", no labels"
+        self.index_status.setText(f"index: {len(index)} tiles{labels}; model {index.model_id or 'unknown'} ({origin})")
+
+    def build_index(self, *_: object) -> object | None:
+        """Embed the tiles of the chosen folder (in a worker) into a new index."""
+        try:
+            model = self.session.require()
+            folder = _path_value(self.folder)
+            if folder is None or not folder.is_dir():
+                raise InputError("choose the folder of tiles to index (ImageFolder or a flat folder)")
+        except ClipmedError as err:
+            self.fail(str(err))
+            return None
+        from napari_clipmed.models.cache import EmbeddingCache
+
+        def done(build: GalleryBuild) -> None:
+            self._set_index(build.index, f"built from {build.root}")
+            self.unreadable = list(build.failed)
+            if build.failed:
+                notify_info(f"skipped {len(build.failed)} unreadable file(s), e.g. {build.failed[0][0]}")
+
+        return self.run_job(
+            lambda: iter_index_folder(model, folder, cache=EmbeddingCache()), done, description=f"indexing {folder} ..."
+        )
+
+    def load_index(self, *_: object) -> None:
+        from napari_clipmed.retrieval import EmbeddingIndex
+
+        path = _path_value(self.index_file)
+        try:
+            if path is None:
+                raise InputError("choose an index file (.npz) to load")
+            self._set_index(EmbeddingIndex.load(path), f"loaded from {path.name}")
+        except ClipmedError as err:
+            self.fail(str(err))
+
+    def save_index(self, *_: object) -> Path | None:
+        path = _path_value(self.save_file)
+        try:
+            if self.index is None:
+                raise InputError("there is no index to save: build or load one first")
+            if path is None:
+                raise InputError("choose where to save the index (.npz)")
+            saved = self.index.save(path)
+        except (ClipmedError, OSError) as err:
+            self.fail(str(err))
+            return None
+        self.controls.status.setText(f"index saved to {saved}")
+        return saved
+
+    # --- query ------------------------------------------------------------------------------------
+    def _query(self) -> tuple[np.ndarray, str, pl.SourceImage]:
+        layer = self.image_layer.value
+        if layer is None:
+            raise InputError("add an image layer to query with")
+        source = pl.image_source(layer)
+        if self.query_mode.value == WHOLE:
+            return source.pixels, source.name, source
+        shapes = self.shapes_layer.value
+        if shapes is None:
+            raise InputError("add a Shapes layer and draw a rectangle to query with")
+        r0, c0, r1, c1 = pl.shapes_to_boxes(shapes, source)[-1]
+        return source.pixels[r0:r1, c0:c1], f"{source.name} [{r0}:{r1}, {c0}:{c1}]", source
+
+    def run(self) -> object | None:
+        """Embed the query, search the index and show the hits (in a worker)."""
+        try:
+            model = self.session.require()
+            if self.index is None:
+                raise InputError("build or load an index before searching")
+            index, k, model_id = self.index, int(self.k.value), model_id_of(model)
+            if index.model_id is not None and index.model_id != model_id:
+                raise InputError(
+                    f"the index was built with model '{index.model_id}' but the loaded model is '{model_id}': "
+                    "load that model or rebuild the index with this one"
+                )
+            if k > len(index):
+                raise InputError(f"top k = {k} is more than the {len(index)} tiles in the index; lower k")
+            pixels, query_name, source = self._query()
+        except ClipmedError as err:
+            self.fail(str(err))
+            return None
+        geometry = source.geometry
+
+        def job():  # runs in the worker thread
+            embedding = yield from model.iter_encode_images([pixels])
+            hits = yield from index.iter_search(embedding, k, model_id=model_id)
+            frame = pl.hits_frame(hits, query_name)
+            tiles = read_tiles(frame["path"].tolist())
+            yield Progress(1, 1, "building the hit grid")
+            grid, kwargs = pl.hits_grid(tiles, frame)
+            return frame, grid, kwargs
+
+        def show(result: tuple) -> None:
+            frame, grid, kwargs = result
+            height, width = source.full_shape
+            right = geometry.to_world(np.array([0.0, width * 1.05]))  # to the right of the queried image
+            kwargs |= {"scale": geometry.scale, "translate": (geometry.translate[0], float(right[1]))}
+            data, label_kwargs = pl.hits_labels(kwargs["metadata"]["hits"], f"{kwargs['name']} labels")
+            label_kwargs |= {"scale": kwargs["scale"], "translate": kwargs["translate"]}
+            self.viewer.add_image(grid, **kwargs)
+            self.viewer.add_shapes(data, **label_kwargs)
+            self.hits = kwargs["metadata"]["hits"]
+            self._fill_table(frame)
+
+        return self.run_job(job, show, description=f"searching the top {k} tiles for {query_name} ...")
+
+    def _fill_table(self, frame: pd.DataFrame) -> None:
+        self.table.setRowCount(len(frame))
+        for i, row in enumerate(frame.itertuples(index=False)):
+            for j, value in enumerate((str(row.rank), row.label, f"{row.similarity:.4f}", row.path)):
+                self.table.setItem(i, j, QTableWidgetItem(value))
+        self.table.resizeColumnsToContents()
+
+    def export_csv(self, *_: object) -> Path | None:
+        """Write the hits (query, rank, path, label, similarity) to the chosen CSV file, atomically."""
+        path = _path_value(self.csv_file)
+        try:
+            if self.hits is None:
+                raise InputError("there are no hits to export: run a search first")
+            if path is None:
+                raise InputError("choose a CSV file to export the hits to")
+            written = pl.atomic_write_csv(self.hits[list(pl.HIT_COLUMNS)], path)
+        except (ClipmedError, OSError) as err:
+            self.fail(str(err))
+            return None
+        self.controls.status.setText(f"hits written to {written}")
+        return written
