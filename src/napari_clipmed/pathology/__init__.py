@@ -1,0 +1,34 @@
+"""Pathology tools: the study's corruptions of H&E tiles, and tiling of slides into tiles.
+
+Importing this package is cheap (no torch); the names below load their module on first use:
+`corrupt`, `CORRUPTIONS`, `list_corruptions`, `parameter_at`, `ink_layer`, `tissue_mask`,
+`tile_image`, `read_slide_level`, `Tiles`.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "corrupt": "napari_clipmed.pathology.corrupt",
+    "CORRUPTIONS": "napari_clipmed.pathology.params",
+    "Corruption": "napari_clipmed.pathology.params",
+    "list_corruptions": "napari_clipmed.pathology.params",
+    "parameter_at": "napari_clipmed.pathology.params",
+    "ink_layer": "napari_clipmed.pathology.markup",
+    "coverage_range": "napari_clipmed.pathology.markup",
+    "InkLayer": "napari_clipmed.pathology.markup",
+    "tissue_mask": "napari_clipmed.pathology.tiles",
+    "tile_image": "napari_clipmed.pathology.tiles",
+    "read_slide_level": "napari_clipmed.pathology.tiles",
+    "Tiles": "napari_clipmed.pathology.tiles",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
