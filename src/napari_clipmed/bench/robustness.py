@@ -70,7 +70,7 @@ class RobustnessConfig:
 
     def resolved(self) -> RobustnessConfig:
         """A copy with "all" expanded and every field checked."""
-        from napari_clipmed.pathology.corrupt import list_corruptions
+        from napari_clipmed.pathology.params import list_corruptions
 
         models = tuple(dict.fromkeys(m.strip() for m in self.models if m.strip()))
         if not models:
@@ -176,6 +176,31 @@ def _append(path: Path, rows: list[dict]) -> None:
 
 
 # ----------------------------------------------------------------------------- the run
+def corrupt_tiles(images: Sequence[np.ndarray], corruption: str, severity: int, seed: int) -> list[np.ndarray]:
+    """Corrupt a list of tiles that may differ in size: one batch per tile shape, order kept."""
+    from napari_clipmed.pathology.corrupt import corrupt
+
+    groups: dict[tuple[int, ...], list[int]] = {}
+    for i, image in enumerate(images):
+        groups.setdefault(image.shape, []).append(i)
+    out: list[np.ndarray] = [np.empty(0)] * len(images)
+    for g, members in enumerate(groups.values()):
+        batch = corrupt(np.stack([images[i] for i in members]), corruption, severity,
+                        seed=np.random.SeedSequence([seed, g]))
+        for i, image in zip(members, batch):
+            out[i] = image
+    return out
+
+
+def _preflight(images: Sequence[np.ndarray], corruptions: Sequence[str], severities: Sequence[int]) -> None:
+    """Try every corruption on one tile of each shape, so a tile too small for it fails now, not hours in."""
+    firsts = list({image.shape: image for image in images}.values())
+    for corruption in corruptions:
+        for severity in severities:
+            if severity > 0:
+                corrupt_tiles(firsts, corruption, severity, 0)
+
+
 @dataclass
 class _ModelState:
     model: object
@@ -203,7 +228,6 @@ def iter_run_robustness(tileset: TileSet, config: RobustnessConfig) -> ProgressG
     """Run the grid (see module docstring); yields `Progress` per condition and returns the result."""
     from napari_clipmed.models.cache import EmbeddingCache
     from napari_clipmed.models.loader import load_model
-    from napari_clipmed.pathology.corrupt import corrupt
     from napari_clipmed.zeroshot import ZeroShotClassifier
 
     cfg = config.resolved()
@@ -220,6 +244,7 @@ def iter_run_robustness(tileset: TileSet, config: RobustnessConfig) -> ProgressG
     if cfg.ks[-1] > len(tiles) - 1:
         raise InputError(f"k={cfg.ks[-1]} is larger than the gallery: {len(tiles)} readable tiles, "
                          f"so at most {len(tiles) - 1} neighbours per query (leave-one-out)")
+    _preflight(loaded.images, cfg.corruptions, cfg.severities)
     done += 1
     yield Progress(done, total, f"read {len(tiles)} tiles ({len(loaded.failed)} unreadable)")
 
@@ -292,7 +317,7 @@ def iter_run_robustness(tileset: TileSet, config: RobustnessConfig) -> ProgressG
                 done += len(cfg.models)
                 yield Progress(done, total, f"{corruption} {severity}: already done")
                 continue
-            images = corrupt(loaded.images, corruption, severity, seed=corruption_seed(cfg.seed, corruption, severity))
+            images = corrupt_tiles(loaded.images, corruption, severity, corruption_seed(cfg.seed, corruption, severity))
             done += len(cfg.models) - len(todo)
             for name in todo:
                 cond = (name, corruption, severity)
