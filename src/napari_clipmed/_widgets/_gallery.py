@@ -1,24 +1,29 @@
-"""A retrieval gallery from a folder of tiles: list, read (tolerantly), embed (cached), index.
+"""Retrieval gallery: index a folder of tiles, and turn hits into a grid image + table (+ CSV).
 
 Viewer-free (no Qt, no napari): the retrieval widget runs `iter_index_folder` in a worker and
-`napari_clipmed.api` can call it directly. Labels come from class sub-folders (ImageFolder
-layout); a flat folder of images gives an index without labels.
+`napari_clipmed.api` can call these functions directly. Labels come from class sub-folders
+(ImageFolder layout); a flat folder of images gives an index without labels.
 """
 
 from __future__ import annotations
 
 import os
+import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from napari_clipmed._widgets._path_layers import boxes_to_rectangles, display_uint8
 from napari_clipmed.datasets import IMAGE_EXTENSIONS, iter_read_images, load_imagefolder, read_image
 from napari_clipmed.errors import InputError
 from napari_clipmed.progress import Progress, ProgressGenerator, run_generator
 from napari_clipmed.retrieval import EmbeddingIndex
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 READ_CHUNK = 256  # images read and embedded at a time, so a big folder never sits in memory at once
 
@@ -121,3 +126,109 @@ def read_tiles(paths: Sequence[str]) -> list[np.ndarray | None]:
         except Exception:  # noqa: BLE001 - a hit whose file vanished is shown as a blank cell
             tiles.append(None)
     return tiles
+
+
+def atomic_write_csv(frame: pd.DataFrame, path: str | os.PathLike[str]) -> Path:
+    """Write `frame` as CSV via a temp file in the same folder and `os.replace` (never half-written)."""
+    path = Path(path)
+    if path.suffix.lower() != ".csv":
+        path = path.with_name(path.name + ".csv")
+    if not path.parent.is_dir():
+        raise InputError(f"cannot write {path}: the folder {path.parent} does not exist")
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", newline="", encoding="utf-8") as fh:
+            frame.to_csv(fh, index=False)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+# ----------------------------------------------------------------------------- retrieval hits
+HIT_COLUMNS: tuple[str, ...] = ("query", "rank", "path", "label", "similarity")
+
+
+def hits_frame(hits: Any, query: str, row: int = 0) -> pd.DataFrame:
+    """One row per hit of query `row` of a `RetrievalHits`: query, rank (1 = best), path, label, similarity."""
+    import pandas as pd
+
+    k = int(hits.indices.shape[1])
+    ids = hits.ids[row] if hits.ids is not None else hits.indices[row].astype(str)
+    labels = hits.labels[row] if hits.labels is not None else np.full(k, "", dtype=object)
+    return pd.DataFrame(
+        {
+            "query": [query] * k,
+            "rank": np.arange(1, k + 1),
+            "path": [str(p) for p in ids],
+            "label": [str(x) for x in labels],
+            "similarity": np.asarray(hits.similarities[row], dtype=np.float64),
+        }
+    )
+
+
+def _fit(tile: np.ndarray, cell: int) -> np.ndarray:
+    """`tile` resized (aspect kept) to fit a cell x cell square, centred on white."""
+    from PIL import Image
+
+    rgb = display_uint8(tile)
+    h, w = rgb.shape[:2]
+    f = cell / max(h, w)
+    size = (max(1, round(w * f)), max(1, round(h * f)))
+    resized = np.asarray(Image.fromarray(rgb).resize(size, Image.Resampling.BILINEAR, reducing_gap=2.0))
+    out = np.full((cell, cell, 3), 255, dtype=np.uint8)
+    top, left = (cell - resized.shape[0]) // 2, (cell - resized.shape[1]) // 2
+    out[top : top + resized.shape[0], left : left + resized.shape[1]] = resized
+    return out
+
+
+def hits_grid(
+    tiles: Sequence[np.ndarray | None],
+    frame: pd.DataFrame,
+    *,
+    cell: int = 128,
+    columns: int | None = None,
+    gap: int = 4,
+    name: str | None = None,
+) -> tuple[np.ndarray, dict[str, Any]]:
+    """An RGB grid image of the hit tiles (rank order, row by row) + image-layer kwargs.
+
+    Missing tiles (None) are grey cells. The hits table, extended with each cell's pixel box
+    (cell_row0, cell_col0, cell_row1, cell_col1), is in ``metadata["hits"]``.
+    """
+    n = len(tiles)
+    if n == 0 or len(frame) != n:
+        raise InputError(f"a hit grid needs one table row per tile, got {n} tiles and {len(frame)} rows")
+    cols = columns or int(np.ceil(np.sqrt(n)))
+    rows = int(np.ceil(n / cols))
+    step = cell + gap
+    grid = np.full((rows * step - gap, cols * step - gap, 3), 255, dtype=np.uint8)
+    boxes = np.zeros((n, 4), dtype=np.int64)
+    for i, tile in enumerate(tiles):
+        r, c = divmod(i, cols)
+        r0, c0 = r * step, c * step
+        grid[r0 : r0 + cell, c0 : c0 + cell] = _fit(tile, cell) if tile is not None else 128
+        boxes[i] = (r0, c0, r0 + cell, c0 + cell)
+    table = frame.reset_index(drop=True).copy()
+    for j, col in enumerate(("cell_row0", "cell_col0", "cell_row1", "cell_col1")):
+        table[col] = boxes[:, j]
+    query = str(table["query"].iloc[0]) if "query" in table else "query"
+    kwargs = {"name": name or f"hits: {query}", "rgb": True, "metadata": {"hits": table, "query": query}}
+    return grid, kwargs
+
+
+def hits_labels(table: pd.DataFrame, name: str) -> tuple[list[np.ndarray], dict[str, Any]]:
+    """A Shapes overlay for a hit grid: one frame per cell, text = rank, label and similarity, features = the table."""
+    boxes = table[["cell_row0", "cell_col0", "cell_row1", "cell_col1"]].to_numpy()
+    text = "#{rank} {label} {similarity:.3f}" if (table["label"] != "").any() else "#{rank} {similarity:.3f}"
+    kwargs = {
+        "name": name,
+        "shape_type": "rectangle",
+        "features": table.reset_index(drop=True),
+        "face_color": "transparent",
+        "edge_color": "#56B4E9",
+        "edge_width": 2.0,
+        "text": {"string": text, "size": 8, "color": "black", "anchor": "upper_left"},
+    }
+    return boxes_to_rectangles(boxes), kwargs

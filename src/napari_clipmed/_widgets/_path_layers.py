@@ -1,6 +1,6 @@
 """Pure functions that turn pathology results into napari layer data (+ features), and back.
 
-Used by the pathology widgets and by `napari_clipmed.api`. Nothing here imports Qt or creates a
+Used by the pathology widgets and by `napari_clipmed.api` (the retrieval hit grid lives in `_gallery`). Nothing here imports Qt or creates a
 viewer: functions take layers (only their `data`, `name`, `scale`, `translate`, `rgb`,
 `multiscale` attributes are read) or plain arrays, and return `(data, kwargs)` pairs ready for
 `viewer.add_image(data, **kwargs)` / `viewer.add_shapes(data, **kwargs)`.
@@ -12,11 +12,8 @@ translate, so they overlay it exactly.
 
 from __future__ import annotations
 
-import os
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -113,8 +110,10 @@ def as_rgb_uint8(data: np.ndarray, what: str) -> np.ndarray:
     raise InputError(f"{what} has dtype {arr.dtype}; RGB images must be uint8 (or uint16, or float in [0, 1])")
 
 
-def rgb_source(layer: Any, max_side: int = MAX_PREVIEW_SIDE) -> SourceImage:
-    """Level-0 RGB pixels of an image layer as uint8 (a centred crop when a side exceeds `max_side`)."""
+def rgb_source(layer: Any, max_side: int | None = None) -> SourceImage:
+    """Level-0 RGB pixels of an image layer as uint8 (a centred crop when a side exceeds
+    `max_side`, default `MAX_PREVIEW_SIDE`)."""
+    max_side = MAX_PREVIEW_SIDE if max_side is None else int(max_side)
     if not getattr(layer, "rgb", False):
         raise InputError(
             f"layer '{layer.name}' is not an RGB image: the corruptions are defined for RGB (H&E) images"
@@ -162,22 +161,79 @@ def display_uint8(pixels: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(arr)
 
 
-def atomic_write_csv(frame: pd.DataFrame, path: str | os.PathLike[str]) -> Path:
-    """Write `frame` as CSV via a temp file in the same folder and `os.replace` (never half-written)."""
-    path = Path(path)
-    if path.suffix.lower() != ".csv":
-        path = path.with_name(path.name + ".csv")
-    if not path.parent.is_dir():
-        raise InputError(f"cannot write {path}: the folder {path.parent} does not exist")
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", newline="", encoding="utf-8") as fh:
-            frame.to_csv(fh, index=False)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+# ----------------------------------------------------------------------------- corruptions
+def corruption_tag(kind: str, severity: float) -> str:
+    """'blur 2.5' (severity rounded to 0.1, as on the slider)."""
+    return f"{kind} {round(float(severity), 1):g}"
+
+
+def _corruption_meta(source: SourceImage, kind: str, severity: float, seed: int | None) -> dict[str, Any]:
+    from napari_clipmed.pathology.params import get_corruption
+
+    spec = get_corruption(kind)
+    return {
+        "corruption": {
+            "source": source.name,
+            "kind": spec.name,
+            "severity": float(severity),
+            "seed": seed,
+            "parameter": spec.parameter,
+            "value": spec.parameter_at(severity),
+            "offset": list(source.offset),
+            "cropped": source.cropped,
+        }
+    }
+
+
+def corrupt_source(source: SourceImage, kind: str, severity: float, seed: int | None = 0) -> np.ndarray:
+    """The corrupted pixels of `source` (a new array; `source.pixels` is left as is)."""
+    from napari_clipmed.pathology.corrupt import corrupt
+
+    return corrupt(source.pixels, kind, severity, seed=seed)
+
+
+def corrupted_kwargs(source: SourceImage, kind: str, severity: float, seed: int | None = 0) -> dict[str, Any]:
+    """Image-layer kwargs of a corrupted copy: name '<source> [kind severity]', same placement, metadata."""
+    return {
+        "name": f"{source.name} [{corruption_tag(kind, severity)}]",
+        "rgb": True,
+        "metadata": _corruption_meta(source, kind, severity, seed),
+        **source.geometry.shifted(source.offset).kwargs(),
+    }
+
+
+def corrupted_layer_data(
+    source_layer: Any, kind: str, severity: float, seed: int | None = 0, max_side: int | None = None
+) -> tuple[np.ndarray, dict[str, Any]]:
+    """(data, kwargs) of a corrupted copy of an RGB image layer (centre crop of `max_side` px for huge images)."""
+    source = rgb_source(source_layer, max_side)
+    return corrupt_source(source, kind, severity, seed), corrupted_kwargs(source, kind, severity, seed)
+
+
+def iter_severity_strip(
+    source: SourceImage, kind: str, seed: int | None = 0, severities: Sequence[float] | None = None, gap: int = 16
+) -> Any:
+    """Generator: the image at each severity (default 0..MAX), side by side with white gaps; yields
+    Progress per level and returns (strip, kwargs). The strip is placed just below the source."""
+    from napari_clipmed.pathology.params import MAX_SEVERITY
+    from napari_clipmed.progress import Progress
+
+    levels = [float(s) for s in (severities if severities is not None else range(MAX_SEVERITY + 1))]
+    h, w = source.pixels.shape[:2]
+    strip = np.full((h, len(levels) * (w + gap) - gap, 3), 255, dtype=np.uint8)
+    for i, severity in enumerate(levels):
+        strip[:, i * (w + gap) : i * (w + gap) + w] = corrupt_source(source, kind, severity, seed)
+        yield Progress(i + 1, len(levels), f"{corruption_tag(kind, severity)} done")
+    meta = _corruption_meta(source, kind, levels[-1], seed)
+    meta["corruption"] |= {"severity": None, "severities": levels, "panel_cols": [i * (w + gap) for i in range(len(levels))]}
+    below = source.geometry.shifted((source.offset[0] + h + max(gap, h // 20), source.offset[1]))
+    kwargs = {
+        "name": f"{source.name} [{kind} strip {levels[0]:g}-{levels[-1]:g}]",
+        "rgb": True,
+        "metadata": meta,
+        **below.kwargs(),
+    }
+    return strip, kwargs
 
 
 # ----------------------------------------------------------------------------- zero-shot labels
@@ -329,93 +385,5 @@ def zeroshot_shapes(
         "text": {"string": "{label}", "size": 9, "color": "white", "anchor": "center"},
         "metadata": {"classes": list(classes), "colors": colours, **(metadata or {})},
         **geometry.kwargs(),
-    }
-    return boxes_to_rectangles(boxes), kwargs
-
-
-# ----------------------------------------------------------------------------- retrieval hits
-HIT_COLUMNS: tuple[str, ...] = ("query", "rank", "path", "label", "similarity")
-
-
-def hits_frame(hits: Any, query: str, row: int = 0) -> pd.DataFrame:
-    """One row per hit of query `row` of a `RetrievalHits`: query, rank (1 = best), path, label, similarity."""
-    import pandas as pd
-
-    k = int(hits.indices.shape[1])
-    ids = hits.ids[row] if hits.ids is not None else hits.indices[row].astype(str)
-    labels = hits.labels[row] if hits.labels is not None else np.full(k, "", dtype=object)
-    return pd.DataFrame(
-        {
-            "query": [query] * k,
-            "rank": np.arange(1, k + 1),
-            "path": [str(p) for p in ids],
-            "label": [str(x) for x in labels],
-            "similarity": np.asarray(hits.similarities[row], dtype=np.float64),
-        }
-    )
-
-
-def _fit(tile: np.ndarray, cell: int) -> np.ndarray:
-    """`tile` resized (aspect kept) to fit a cell x cell square, centred on white."""
-    from PIL import Image
-
-    rgb = display_uint8(tile)
-    h, w = rgb.shape[:2]
-    f = cell / max(h, w)
-    size = (max(1, round(w * f)), max(1, round(h * f)))
-    resized = np.asarray(Image.fromarray(rgb).resize(size, Image.Resampling.BILINEAR, reducing_gap=2.0))
-    out = np.full((cell, cell, 3), 255, dtype=np.uint8)
-    top, left = (cell - resized.shape[0]) // 2, (cell - resized.shape[1]) // 2
-    out[top : top + resized.shape[0], left : left + resized.shape[1]] = resized
-    return out
-
-
-def hits_grid(
-    tiles: Sequence[np.ndarray | None],
-    frame: pd.DataFrame,
-    *,
-    cell: int = 128,
-    columns: int | None = None,
-    gap: int = 4,
-    name: str | None = None,
-) -> tuple[np.ndarray, dict[str, Any]]:
-    """An RGB grid image of the hit tiles (rank order, row by row) + image-layer kwargs.
-
-    Missing tiles (None) are grey cells. The hits table, extended with each cell's pixel box
-    (cell_row0, cell_col0, cell_row1, cell_col1), is in ``metadata["hits"]``.
-    """
-    n = len(tiles)
-    if n == 0 or len(frame) != n:
-        raise InputError(f"a hit grid needs one table row per tile, got {n} tiles and {len(frame)} rows")
-    cols = columns or int(np.ceil(np.sqrt(n)))
-    rows = int(np.ceil(n / cols))
-    step = cell + gap
-    grid = np.full((rows * step - gap, cols * step - gap, 3), 255, dtype=np.uint8)
-    boxes = np.zeros((n, 4), dtype=np.int64)
-    for i, tile in enumerate(tiles):
-        r, c = divmod(i, cols)
-        r0, c0 = r * step, c * step
-        grid[r0 : r0 + cell, c0 : c0 + cell] = _fit(tile, cell) if tile is not None else 128
-        boxes[i] = (r0, c0, r0 + cell, c0 + cell)
-    table = frame.reset_index(drop=True).copy()
-    for j, col in enumerate(("cell_row0", "cell_col0", "cell_row1", "cell_col1")):
-        table[col] = boxes[:, j]
-    query = str(table["query"].iloc[0]) if "query" in table else "query"
-    kwargs = {"name": name or f"hits: {query}", "rgb": True, "metadata": {"hits": table, "query": query}}
-    return grid, kwargs
-
-
-def hits_labels(table: pd.DataFrame, name: str) -> tuple[list[np.ndarray], dict[str, Any]]:
-    """A Shapes overlay for a hit grid: one frame per cell, text = rank, label and similarity, features = the table."""
-    boxes = table[["cell_row0", "cell_col0", "cell_row1", "cell_col1"]].to_numpy()
-    text = "#{rank} {label} {similarity:.3f}" if (table["label"] != "").any() else "#{rank} {similarity:.3f}"
-    kwargs = {
-        "name": name,
-        "shape_type": "rectangle",
-        "features": table.reset_index(drop=True),
-        "face_color": "transparent",
-        "edge_color": "#56B4E9",
-        "edge_width": 2.0,
-        "text": {"string": text, "size": 8, "color": "black", "anchor": "upper_left"},
     }
     return boxes_to_rectangles(boxes), kwargs

@@ -16,7 +16,17 @@ from qtpy.QtWidgets import QLabel, QTableWidget, QTableWidgetItem
 
 from napari_clipmed._widgets import _path_layers as pl
 from napari_clipmed._widgets._base import ClipmedWidget, notify_info
-from napari_clipmed._widgets._gallery import GalleryBuild, iter_index_folder, model_id_of, read_tiles
+from napari_clipmed._widgets._gallery import (
+    HIT_COLUMNS,
+    GalleryBuild,
+    atomic_write_csv,
+    hits_frame,
+    hits_grid,
+    hits_labels,
+    iter_index_folder,
+    model_id_of,
+    read_tiles,
+)
 from napari_clipmed.errors import ClipmedError, InputError
 from napari_clipmed.progress import Progress
 
@@ -179,10 +189,10 @@ class RetrievalWidget(ClipmedWidget):
         def job():  # runs in the worker thread
             embedding = yield from model.iter_encode_images([pixels])
             hits = yield from index.iter_search(embedding, k, model_id=model_id)
-            frame = pl.hits_frame(hits, query_name)
+            frame = hits_frame(hits, query_name)
             tiles = read_tiles(frame["path"].tolist())
             yield Progress(1, 1, "building the hit grid")
-            grid, kwargs = pl.hits_grid(tiles, frame)
+            grid, kwargs = hits_grid(tiles, frame)
             return frame, grid, kwargs
 
         def show(result: tuple) -> None:
@@ -190,7 +200,7 @@ class RetrievalWidget(ClipmedWidget):
             height, width = source.full_shape
             right = geometry.to_world(np.array([0.0, width * 1.05]))  # to the right of the queried image
             kwargs |= {"scale": geometry.scale, "translate": (geometry.translate[0], float(right[1]))}
-            data, label_kwargs = pl.hits_labels(kwargs["metadata"]["hits"], f"{kwargs['name']} labels")
+            data, label_kwargs = hits_labels(kwargs["metadata"]["hits"], f"{kwargs['name']} labels")
             label_kwargs |= {"scale": kwargs["scale"], "translate": kwargs["translate"]}
             self.viewer.add_image(grid, **kwargs)
             self.viewer.add_shapes(data, **label_kwargs)
@@ -214,7 +224,7 @@ class RetrievalWidget(ClipmedWidget):
                 raise InputError("there are no hits to export: run a search first")
             if path is None:
                 raise InputError("choose a CSV file to export the hits to")
-            written = pl.atomic_write_csv(self.hits[list(pl.HIT_COLUMNS)], path)
+            written = atomic_write_csv(self.hits[list(HIT_COLUMNS)], path)
         except (ClipmedError, OSError) as err:
             self.fail(str(err))
             return None
