@@ -31,6 +31,7 @@ class LungMaskConfig:
     closing_mm: float = 20.0  # rolling-ball radius; 0 turns the closing off
     hull: bool = True  # add shallow pockets between each lung and its per-slice convex hull
     max_hull_depth_mm: float = 25.0  # deeper pockets (heart, liver dome, spine) are not lung
+    max_hull_pocket_fraction: float = 0.25  # larger pockets (vs the lung's area in that slice) are not lung
     bone_hu: float = 500.0  # voxels above are bone or contrast, never lung
     second_lung_fraction: float = 0.05  # keep a second component at least this fraction of the largest
     min_lung_ml: float = 5.0  # less air than this in the lungs: no lung found
@@ -250,8 +251,10 @@ def _hull_pockets(
 ) -> np.ndarray:
     """Per axial slice: pockets between the lung and its convex hull that are pleural, not mediastinal.
 
-    A pocket counts when it is at most `max_hull_depth_mm` deep and lies nearer the body
-    surface (chest wall) than the other lung (mediastinum).
+    A pocket counts when it is at most `max_hull_depth_mm` deep, smaller than
+    `max_hull_pocket_fraction` of the lung in that slice (the hollow of a crescent-shaped lung
+    base is the liver or spleen dome, not disease) and nearer the body surface (chest wall)
+    than the other lung (mediastinum).
     """
     from skimage.morphology import convex_hull_image
 
@@ -268,7 +271,8 @@ def _hull_pockets(
         labels, n = ndi.label(pockets)
         index = np.arange(1, n + 1)
         depth = ndi.maximum(ndi.distance_transform_edt(~sl, sampling=spacing_yx), labels, index)
-        ok = np.asarray(depth) <= cfg.max_hull_depth_mm
+        area = np.bincount(labels.ravel(), minlength=n + 1)[1:]
+        ok = (np.asarray(depth) <= cfg.max_hull_depth_mm) & (area <= cfg.max_hull_pocket_fraction * sl.sum())
         if other is not None and other[z].any():
             to_skin = ndi.minimum(ndi.distance_transform_edt(body[z], sampling=spacing_yx), labels, index)
             to_other = ndi.minimum(ndi.distance_transform_edt(~other[z], sampling=spacing_yx), labels, index)
