@@ -1,0 +1,194 @@
+"""Zero-shot labels widget: editable classes and templates (or a preset), run on the whole image as
+tiles or on rectangles drawn in a Shapes layer; the predicted label and class probabilities of each
+tile/rectangle land in a new Shapes layer (features, colour by class, text = label).
+
+The user's layers are never modified: rectangles are copied into the output layer. Run it on a
+corrupted layer (corruption explorer) to watch the labels change with severity.
+"""
+
+from __future__ import annotations
+
+import html
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from magicgui.widgets import CheckBox, ComboBox, RadioButtons, SpinBox, TextEdit
+from qtpy.QtWidgets import QLabel
+
+from napari_clipmed._widgets import _path_layers as pl
+from napari_clipmed._widgets._base import ClipmedWidget
+from napari_clipmed.errors import ClipmedError, InputError
+from napari_clipmed.progress import Progress
+
+if TYPE_CHECKING:
+    import napari
+
+TILES, RECTANGLES = "tiles", "rectangles"
+CUSTOM = "custom"
+
+
+def _is_2d_image(layer: Any) -> bool:
+    from napari.layers import Image
+
+    return isinstance(layer, Image) and layer.ndim == 2
+
+
+def _is_shapes(layer: Any) -> bool:
+    from napari.layers import Shapes
+
+    return isinstance(layer, Shapes)
+
+
+def image_tiles(pixels: np.ndarray, tile: int, stride: int, tissue_only: bool, min_tissue: float = 0.5) -> np.ndarray:
+    """Pixel boxes (row0, col0, row1, col1) of the full tiles of `pixels` on a `stride` grid; with
+    `tissue_only`, only tiles at least `min_tissue` inside the tissue mask."""
+    from napari_clipmed.pathology.tiles import tile_image
+
+    rgb = pl.display_uint8(pixels)
+    mask = None if tissue_only else np.ones(rgb.shape[:2], dtype=bool)
+    tiles = tile_image(rgb, tile, stride, min_tissue=min_tissue if tissue_only else 0.0, mask=mask)
+    corners = tiles.coords.reshape(-1, 2)
+    return np.concatenate([corners, corners + tile], axis=1).astype(np.int64)
+
+
+class ZeroShotLabelsWidget(ClipmedWidget):
+    """Label tiles or drawn rectangles of an image with a zero-shot CLIP classifier."""
+
+    run_text = "Label"
+
+    def __init__(self, viewer: napari.viewer.Viewer) -> None:
+        from napari_clipmed.zeroshot import list_presets
+
+        super().__init__(viewer)
+        self._filling = False
+        self.image_layer = self.layer_combo("image", _is_2d_image)
+        self.preset = ComboBox(label="preset", choices=[*list_presets(), CUSTOM], value=CUSTOM)
+        self.classes = TextEdit(label="classes", tooltip="one class per line; 'name: synonym 1; synonym 2' for several names")
+        self.templates = TextEdit(label="templates", tooltip="one prompt template per line, with {} where the class name goes")
+        self.mode = RadioButtons(label="run on", choices=[TILES, RECTANGLES], value=TILES, orientation="horizontal")
+        self.tile_size = SpinBox(label="tile size (px)", value=224, min=8, max=8192)
+        self.stride = SpinBox(label="stride (px)", value=224, min=8, max=8192)
+        self.tissue_only = CheckBox(label="tissue tiles only", value=True)
+        self.shapes_layer = self.layer_combo("rectangles", _is_shapes)
+        self.form.extend(
+            [self.image_layer, self.preset, self.classes, self.templates, self.mode, self.tile_size, self.stride,
+             self.tissue_only, self.shapes_layer]
+        )
+        self.legend = QLabel("")
+        self.legend.setWordWrap(True)
+        layout = self.layout()
+        layout.insertWidget(layout.indexOf(self.form.native) + 1, self.legend)
+        self.preset.changed.connect(self._fill_preset)
+        # QTextEdit.textChanged carries no value, so magicgui's TextEdit.changed never fires: use Qt's signal
+        self.classes.native.textChanged.connect(self._edited)
+        self.templates.native.textChanged.connect(self._edited)
+        presets = list_presets()
+        self.preset.value = presets[0] if presets else CUSTOM
+        self.reset_choices()
+
+    # --- prompts ----------------------------------------------------------------------------------
+    def _fill_preset(self, name: str) -> None:
+        from napari_clipmed.zeroshot import load_preset
+
+        if name == CUSTOM:
+            return
+        try:
+            prompts = load_preset(name)
+        except ClipmedError as err:
+            self.fail(str(err))
+            return
+        self._filling = True
+        try:
+            self.classes.value = pl.format_classes(prompts.classes)
+            self.templates.value = "\n".join(prompts.templates)
+        finally:
+            self._filling = False
+        self._update_legend()
+
+    def _edited(self, *_: object) -> None:
+        if not self._filling and self.preset.value != CUSTOM:
+            self._filling = True
+            try:
+                self.preset.value = CUSTOM  # the user changed a preset: it is now their own prompt set
+            finally:
+                self._filling = False
+        self._update_legend()
+
+    def _update_legend(self) -> None:
+        try:
+            names = list(pl.parse_classes(self.classes.value))
+        except InputError:
+            names = []
+        colours = pl.class_colors(names)
+        self.legend.setText(
+            " ".join(
+                f'<span style="background-color:{c}">&nbsp;&nbsp;&nbsp;&nbsp;</span>&nbsp;{html.escape(n)}&nbsp;&nbsp;'
+                for n, c in colours.items()
+            )
+        )
+
+    # --- running ----------------------------------------------------------------------------------
+    def run(self) -> object | None:
+        """Classify tiles (or the drawn rectangles) of the chosen image in a worker; add one Shapes layer."""
+        from napari_clipmed.zeroshot import ZeroShotClassifier, iter_classify_images
+
+        try:
+            model = self.session.require()
+            layer = self.image_layer.value
+            if layer is None:
+                raise InputError("add a 2-D image layer (RGB or grey) to label")
+            prompts = pl.prompts_from_text(self.classes.value, self.templates.value, name=self.preset.value)
+            source = pl.image_source(layer)
+            mode = self.mode.value
+            boxes: np.ndarray | None = None
+            if mode == RECTANGLES:
+                shapes = self.shapes_layer.value
+                if shapes is None:
+                    raise InputError("add a Shapes layer and draw rectangles on the image, or run on tiles")
+                boxes = pl.shapes_to_boxes(shapes, source)
+            tile, stride, tissue_only = int(self.tile_size.value), int(self.stride.value), bool(self.tissue_only.value)
+        except ClipmedError as err:
+            self.fail(str(err))
+            return None
+
+        def job():  # runs in the worker thread
+            yield Progress(0, 1, "embedding the class prompts")
+            classifier = ZeroShotClassifier.from_prompts(model, prompts)
+            found = boxes
+            if found is None:
+                yield Progress(0, 1, "finding tissue tiles")
+                found = image_tiles(source.pixels, tile, stride, tissue_only)
+                if len(found) == 0:
+                    where = "with tissue " if tissue_only else ""
+                    raise InputError(
+                        f"no {tile} x {tile} tile {where}fits in '{source.name}' "
+                        f"({source.full_shape[0]} x {source.full_shape[1]} px); lower the tile size"
+                        + (" or untick 'tissue tiles only'" if tissue_only else "")
+                    )
+            crops = pl.crop_boxes(source.pixels, found)
+            result = yield from iter_classify_images(model, crops, classifier)
+            return found, result
+
+        def show(outcome: tuple) -> None:
+            found, result = outcome
+            what = f"{mode} {tile}px" if mode == TILES else mode
+            data, kwargs = pl.zeroshot_shapes(
+                found,
+                result.classes,
+                result.probabilities,
+                source.geometry,
+                name=f"{source.name} labels [{what}]",
+                metadata={
+                    "source": source.name,
+                    "mode": mode,
+                    "prompts": {"classes": {k: list(v) for k, v in prompts.classes.items()},
+                                "templates": list(prompts.templates), "preset": prompts.name},
+                    "model": getattr(model.spec, "name", ""),
+                    "tile_size": tile if mode == TILES else None,
+                    "stride": stride if mode == TILES else None,
+                },
+            )
+            self.viewer.add_shapes(data, **kwargs)
+            self._update_legend()
+
+        return self.run_job(job, show, description=f"labelling '{source.name}' ({mode}) ...")
