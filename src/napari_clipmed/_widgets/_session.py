@@ -6,6 +6,9 @@ new viewer gets a fresh session and closing a viewer frees its model.
 
 from __future__ import annotations
 
+import importlib.util
+import os
+import sys
 import weakref
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -16,6 +19,31 @@ from napari_clipmed.errors import InputError
 
 if TYPE_CHECKING:
     from napari_clipmed.models.loader import ClipModel
+
+
+def preload_triton() -> None:
+    """Load Triton's LLVM with RTLD_DEEPBIND before torch pulls it in, once, on Linux.
+
+    With software OpenGL (Mesa llvmpipe: Xvfb, VMs, remote desktops) napari's canvas loads
+    Mesa's libLLVM; torchvision then imports torch._dynamo, which imports Triton, whose own LLVM
+    binds to Mesa's symbols and the process segfaults. Binding Triton's library to its own symbols
+    first avoids that; without Triton (CPU torch wheels) or once it is imported, this does nothing.
+    """
+    if not sys.platform.startswith("linux") or "triton" in sys.modules or not hasattr(os, "RTLD_DEEPBIND"):
+        return
+    try:
+        if importlib.util.find_spec("triton") is None:
+            return
+    except (ImportError, ValueError):
+        return
+    flags = sys.getdlopenflags()
+    try:
+        sys.setdlopenflags(flags | os.RTLD_DEEPBIND)
+        importlib.import_module("triton._C.libtriton")
+    except Exception:  # noqa: BLE001 - a broken Triton: torch treats it as absent later
+        pass
+    finally:
+        sys.setdlopenflags(flags)
 
 
 @dataclass(frozen=True)
@@ -58,6 +86,7 @@ class ModelSession:
     busy = Signal(bool)
 
     def __init__(self) -> None:
+        preload_triton()  # before any model code imports torchvision (see its docstring)
         self.model: ClipModel | None = None
         self.choice: ModelChoice | None = None
         self.message = "no model loaded"
