@@ -20,6 +20,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "napari_clipmed.commands.pathology_eval",
     "napari_clipmed.commands.gui",
     "napari_clipmed.commands.dapt",
+    "napari_clipmed.commands.ct",
 )
 
 

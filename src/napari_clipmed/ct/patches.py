@@ -210,7 +210,7 @@ def extract_patches(
     from dataclasses import replace
 
     cfg = replace(config or PatchConfig(), **overrides)
-    _check_config(cfg, volume)
+    check_patch_config(cfg, volume)
     if mask is not None:
         mask = np.asarray(mask, dtype=bool)
         if mask.shape != volume.shape:
@@ -225,13 +225,7 @@ def extract_patches(
         in_plane = [ax for ax in range(3) if ax != a]
         h, w = (max(1, int(round(cfg.size_mm / spacing[ax]))) for ax in in_plane)
         n_sl, big_h, big_w = (volume.shape[a], volume.shape[in_plane[0]], volume.shape[in_plane[1]])
-        if h > big_h or w > big_w:
-            raise InputError(
-                f"a {cfg.size_mm:g} mm patch is {h} x {w} voxels, larger than the {name} slice "
-                f"({big_h} x {big_w} voxels = {big_h * spacing[in_plane[0]]:.0f} x {big_w * spacing[in_plane[1]]:.0f} mm); "
-                "choose a smaller patch size"
-            )
-        shape_px[a] = (h, w)
+        shape_px[a] = (h, w)  # (fits: checked by check_patch_config)
         rows = np.arange(0, big_h - h + 1, max(1, int(round(cfg.stride_mm / spacing[in_plane[0]]))))
         cols = np.arange(0, big_w - w + 1, max(1, int(round(cfg.stride_mm / spacing[in_plane[1]]))))
         slices = _slice_positions(mask, a, n_sl, (cfg.slice_stride_mm or cfg.stride_mm) / spacing[a])
@@ -253,7 +247,8 @@ def extract_patches(
                    cat[3].astype(np.int64), cat[4].astype(np.float64), shape_px)
 
 
-def _check_config(cfg: PatchConfig, volume: CTVolume) -> None:
+def check_patch_config(cfg: PatchConfig, volume: CTVolume) -> None:
+    """Raise `InputError` for impossible settings, including a patch larger than the volume's slices."""
     if not cfg.size_mm > 0 or not cfg.stride_mm > 0:
         raise InputError(f"patch size and stride must be positive mm, got {cfg.size_mm} and {cfg.stride_mm}")
     if cfg.slice_stride_mm is not None and not cfg.slice_stride_mm > 0:
@@ -268,6 +263,18 @@ def _check_config(cfg: PatchConfig, volume: CTVolume) -> None:
     for width, _ in (cfg.windows or (cfg.window,)):
         if not width > 0:
             raise InputError(f"window width must be positive, got {width}")
+    spacing = np.asarray(volume.spacing)
+    for name in cfg.axes:
+        a = AXES.index(name)
+        in_plane = [ax for ax in range(3) if ax != a]
+        h, w = (max(1, int(round(cfg.size_mm / spacing[ax]))) for ax in in_plane)
+        big_h, big_w = volume.shape[in_plane[0]], volume.shape[in_plane[1]]
+        if h > big_h or w > big_w:
+            raise InputError(
+                f"a {cfg.size_mm:g} mm patch is {h} x {w} voxels, larger than the {name} slice "
+                f"({big_h} x {big_w} voxels = {big_h * spacing[in_plane[0]]:.0f} x {big_w * spacing[in_plane[1]]:.0f} mm); "
+                "choose a smaller patch size"
+            )
 
 
 def _slice_positions(mask: np.ndarray | None, axis: int, n: int, step_px: float) -> np.ndarray:

@@ -29,7 +29,7 @@ from napari_clipmed.ct.ild import (
 from napari_clipmed.ct.io import CTVolume
 from napari_clipmed.ct.lung import LungMaskConfig, lung_mask
 from napari_clipmed.ct.montage import Montage, build_montage
-from napari_clipmed.ct.patches import PatchConfig, Patches, extract_patches
+from napari_clipmed.ct.patches import PatchConfig, Patches, check_patch_config, extract_patches
 from napari_clipmed.errors import InputError
 from napari_clipmed.progress import Progress, ProgressGenerator, forward, run_generator
 
@@ -183,6 +183,7 @@ def iter_run_ct_montage(
     cfg = config or CTMontageConfig()
     if cfg.k < 1:
         raise InputError(f"k must be at least 1, got {cfg.k}")
+    check_patch_config(cfg.patch, volume)  # cheap checks before the lung mask
     yield Progress(0, 1, "lung mask")
     if mask is None:
         mask = lung_mask(volume, cfg.lung)

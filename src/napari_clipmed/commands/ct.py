@@ -1,0 +1,193 @@
+"""`clipmed ct-montage` and `clipmed ct-eval`: the CT ILD montage pipeline from the shell.
+
+Thin wrappers over `napari_clipmed.ct.pipeline` and `napari_clipmed.ct.cohort`; heavy imports
+happen only when a command runs, so building the parser stays cheap.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+from napari_clipmed.errors import InputError
+from napari_clipmed.progress import Progress
+
+DEFAULT_MODEL = "openai-vit-b-16"
+
+
+class _Printer:
+    """Progress on stderr: one updating line on a terminal, a line per new stage otherwise."""
+
+    def __init__(self, quiet: bool = False) -> None:
+        self.quiet, self.tty, self.last = quiet, sys.stderr.isatty(), ""
+
+    def __call__(self, step: Progress) -> None:
+        if self.quiet:
+            return
+        stage = step.message.split(":")[0]
+        if self.tty:
+            print(f"\r[{step.done}/{step.total}] {step.message[:90]:<90}", end="", file=sys.stderr, flush=True)
+        elif stage != self.last:
+            print(f"[{step.done}/{step.total}] {step.message}", file=sys.stderr, flush=True)
+        self.last = stage
+
+    def close(self) -> None:
+        if self.tty and not self.quiet:
+            print(file=sys.stderr)
+
+
+def _prompt_table(text: str) -> dict[str, tuple[str, ...]]:
+    """A JSON/YAML file or inline JSON mapping class -> phrase(s); or a preset name (ild, uip)."""
+    from napari_clipmed.ct.ild import ILD_CLASS_PRESETS
+
+    if text in ILD_CLASS_PRESETS:
+        return {k: tuple(v) for k, v in ILD_CLASS_PRESETS[text].items()}
+    path = Path(text)
+    if path.is_file():
+        import yaml
+
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    else:
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError:
+            raise InputError(
+                f"{text!r} is neither a preset ({', '.join(ILD_CLASS_PRESETS)}), a file nor JSON like "
+                '\'{"ILD": ["pulmonary fibrosis"], "no ILD": ["normal lungs"]}\''
+            ) from None
+    if isinstance(data, dict) and "classes" in data:
+        data = data["classes"]
+    if not isinstance(data, dict) or len(data) < 2:
+        raise InputError(f"prompts need a mapping of at least two classes to phrases, got {data!r}")
+    return {str(k): (str(v),) if isinstance(v, str) else tuple(str(x) for x in v) for k, v in data.items()}
+
+
+def config_from_args(args: argparse.Namespace):  # -> CTMontageConfig
+    """The run config: a saved config.json (--config) with any options given on the command line on top."""
+    from napari_clipmed.ct.pipeline import CTMontageConfig
+
+    cfg = CTMontageConfig()
+    if args.config:
+        if not Path(args.config).is_file():
+            raise InputError(f"config file not found: {args.config}")
+        try:
+            data = json.loads(Path(args.config).read_text(encoding="utf-8"))
+        except json.JSONDecodeError as err:
+            raise InputError(f"{args.config} is not a JSON config ({err})") from None
+        data.pop("model", None)
+        cfg = CTMontageConfig.from_dict(data)
+    patch = {k: v for k, v in {
+        "size_mm": args.size_mm, "stride_mm": args.stride_mm, "slice_stride_mm": args.slice_stride_mm,
+        "min_lung_fraction": args.min_lung_fraction,
+        "axes": tuple(a.strip() for a in args.axes.split(",")) if args.axes else None,
+        "window": tuple(args.window) if args.window else None,
+    }.items() if v is not None}
+    if args.rgb:
+        from napari_clipmed.ct.patches import RGB_WINDOWS
+
+        patch["windows"] = RGB_WINDOWS
+    top = {k: v for k, v in {
+        "k": args.k, "min_distance_mm": args.min_distance_mm, "cell_size": args.cell_size, "batch_size": args.batch_size,
+        "class_prompts": _prompt_table(args.classes) if args.classes else None,
+        "patch_prompts": _prompt_table(args.patch_prompts) if args.patch_prompts else None,
+    }.items() if v is not None}
+    return replace(cfg, patch=replace(cfg.patch, **patch), **top)
+
+
+def _add_pipeline_options(p: argparse.ArgumentParser) -> None:
+    from napari_clipmed.commands.models import add_model_arguments
+
+    add_model_arguments(p, default=DEFAULT_MODEL)
+    g = p.add_argument_group("patches and montage")
+    g.add_argument("--config", help="config.json of an earlier run (options below override it)")
+    g.add_argument("--size-mm", type=float, help="patch side in mm (default 32)")
+    g.add_argument("--stride-mm", type=float, help="distance between patch positions in mm (default 16)")
+    g.add_argument("--slice-stride-mm", type=float, help="distance between the slices used (default: the stride)")
+    g.add_argument("--axes", help="comma-separated: axial, coronal, sagittal (default axial)")
+    g.add_argument("--min-lung-fraction", type=float, help="keep patches at least this much lung (default 0.5)")
+    g.add_argument("--window", type=float, nargs=2, metavar=("WIDTH", "LEVEL"), help="HU window (default 1500 -600)")
+    g.add_argument("--rgb", action="store_true", help="three-window RGB: lung, mediastinal, parenchymal")
+    g.add_argument("--k", type=int, help="patches in the montage (default 16)")
+    g.add_argument("--min-distance-mm", type=float, help="no two montage patches closer than this (default: patch size)")
+    g.add_argument("--cell-size", type=int, help="montage cell side in pixels (default 128)")
+    g.add_argument("--classes", help="montage classes: preset (ild, uip), YAML/JSON file or inline JSON (default ild)")
+    g.add_argument("--patch-prompts", help="patch finding prompts: YAML/JSON file or inline JSON (default: ILD findings)")
+    g.add_argument("--batch-size", type=int, help="patches per model batch (default 64)")
+    p.add_argument("--quiet", action="store_true", help="no progress output")
+
+
+def _ct_montage(args: argparse.Namespace) -> int:
+    from napari_clipmed.commands.models import model_from_args
+    from napari_clipmed.ct.io import read_ct
+    from napari_clipmed.ct.pipeline import iter_run_ct_montage
+    from napari_clipmed.progress import run_generator
+
+    cfg = config_from_args(args)
+    volume = read_ct(args.volume)  # bad input fails here, before the model loads
+    model = model_from_args(args)
+    printer = _Printer(args.quiet)
+    try:
+        result = run_generator(iter_run_ct_montage(volume, model, cfg), printer)
+    finally:
+        printer.close()
+    files = result.save(args.out)
+    probs = ", ".join(f"{k} {v:.3f}" for k, v in result.probabilities.items())
+    print(f"{len(result.patches)} lung patches, montage of {len(result.chosen)}: {probs}")
+    print(f"wrote {', '.join(p.name for p in files.values())} to {args.out}")
+    return 0
+
+
+def _ct_eval(args: argparse.Namespace) -> int:
+    from napari_clipmed.commands.models import model_from_args
+    from napari_clipmed.ct.cohort import iter_evaluate_cohort, read_cohort
+    from napari_clipmed.progress import run_generator
+
+    cfg = config_from_args(args)
+    positive = args.positive or next(iter(cfg.class_prompts))
+    read_cohort(args.cohort, [positive, *[c for c in cfg.class_prompts if c != positive]])  # check before loading
+    model = model_from_args(args)
+    printer = _Printer(args.quiet)
+    case_dir = Path(args.out) / "cases" if args.save_montages else None
+    try:
+        result = run_generator(iter_evaluate_cohort(args.cohort, model, cfg, positive, args.bootstrap, args.seed,
+                                                    case_dir=case_dir), printer)
+    finally:
+        printer.close()
+    files = result.save(args.out)
+    m = result.metrics()
+    print(f"{m['n_scored']} of {m['n_cases']} cases scored ({m['n_positive']} {positive}); "
+          f"AUROC {result.auroc:.3f} (95% CI {result.ci_low:.3f}-{result.ci_high:.3f}, {args.bootstrap} bootstrap resamples)")
+    for row in result.cases:
+        if row["error"]:
+            print(f"  failed {row['case']}: {row['error']}", file=sys.stderr)
+    print(f"wrote {', '.join(p.name for p in files.values())} to {args.out}")
+    return 0
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "ct-montage", help="CT volume -> CLIP-selected lung patch montage -> zero-shot ILD probabilities",
+        description="Lung mask, physical-size patches, CLIP scores against ILD prompts, top-k with 3-D NMS, "
+        "montage, zero-shot classification. Writes montage.png, montage.csv, patches.csv, scores.json, config.json.",
+    )
+    p.add_argument("volume", help="DICOM series folder, NIfTI, NRRD or MHA file")
+    p.add_argument("--out", required=True, help="output folder")
+    _add_pipeline_options(p)
+    p.set_defaults(func=_ct_montage)
+
+    p = subparsers.add_parser(
+        "ct-eval", help="AUROC of the CT montage pipeline on a cohort CSV (path,label)",
+        description="Runs ct-montage on every case of COHORT.csv (columns path, label; paths relative to the CSV) and "
+        "writes cases.csv, metrics.json (AUROC with a bootstrap CI), roc.png and config.json.",
+    )
+    p.add_argument("cohort", help="CSV with columns path and label")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--positive", help="the class whose probability is the score (default: the first class)")
+    p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for the CI (default 1000)")
+    p.add_argument("--seed", type=int, default=0, help="bootstrap seed (default 0)")
+    p.add_argument("--save-montages", action="store_true", help="also save each case's montage outputs under OUT/cases/")
+    _add_pipeline_options(p)
+    p.set_defaults(func=_ct_eval)
