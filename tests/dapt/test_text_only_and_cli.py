@@ -32,8 +32,8 @@ def _reports(n: int, seed: int) -> list[str]:
 
 def test_text_only_training_moves_only_the_text_tower_and_lowers_held_out_loss(tmp_path):
     manifest = tmp_path / "reports.csv"
-    pd.DataFrame({"text": _reports(80, seed=0)}).to_csv(manifest, index=False)
-    config = DaptConfig(epochs=4, batch_size=16, lr=1e-3, warmup_steps=2, val_fraction=0.25)
+    pd.DataFrame({"text": _reports(48, seed=0)}).to_csv(manifest, index=False)
+    config = DaptConfig(epochs=3, batch_size=12, lr=1e-3, warmup_steps=1, val_fraction=0.25)
     result = train("tiny-random", manifest, config, tmp_path / "run")
     assert result.mode == "text-only"
     frame = result.to_frame()
@@ -62,8 +62,12 @@ def test_cli_trains_prints_the_history_and_reports_missing_files(kit, ct_patches
     assert meta["config"]["templates"] == ["a CT patch of {}", "{} on CT"] and meta["mode"] == "image-text"
     assert load_model("local", weights=final).spec.image_size == 64
 
+    code = main(["dapt", str(manifest), "--model", "no-such-model", "--out", str(tmp_path / "run3"), "--quiet"])
+    assert code == 2 and "unknown model 'no-such-model'" in capsys.readouterr().err
+
     (tmp_path / "data" / "img" / "p0002.png").unlink()
     code = main(["dapt", str(manifest), "--model", "tiny-random", "--out", str(tmp_path / "run2"), "--quiet"])
     err = capsys.readouterr().err
     assert code == 2 and "clipmed dapt: error:" in err and "p0002.png" in err
     assert not (tmp_path / "run2").exists()
+

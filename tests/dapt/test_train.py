@@ -46,6 +46,7 @@ def test_dapt_on_ct_patches_reaches_zero_shot_accuracy_on_held_out_slices(kit, c
     run_config = json.loads((tmp_path / "run" / "dapt-config.json").read_text())
     assert run_config["status"] == "finished" and run_config["config"] == config.to_dict()
     assert run_config["mode"] == "image-label" and run_config["classes"] == sorted(kit.classes)
+    assert run_config["train_precision"] == "fp32"  # half precision is for CUDA only
     saved = pd.read_csv(tmp_path / "run" / "dapt-history.csv")
     np.testing.assert_allclose(saved["train_loss"], frame["train_loss"])
 

@@ -1,8 +1,9 @@
 """Domain-adaptive pretraining: contrastive fine-tuning of a registry CLIP on (image, text) pairs.
 
-Light on purpose (no torch import here): use `napari_clipmed.dapt.train.iter_train` /
-`train` (the plain call), `napari_clipmed.dapt.config.DaptConfig` and `napari_clipmed.dapt.data.read_manifest`;
-the same names are importable from this package lazily.
+Light on purpose (no torch import at package import). Entry points: `dapt.train.iter_train`
+(generator) and `dapt.train.train` (plain call), `dapt.config.DaptConfig`, `dapt.data.read_manifest`.
+`DaptConfig`, `DaptResult`, `iter_train`, `PairManifest` and `read_manifest` are also importable
+from this package (lazily); `train` is not, since it is the name of the submodule.
 """
 
 from __future__ import annotations

@@ -74,7 +74,7 @@ def _listing(items: Sequence[str]) -> str:
     return f"\n  {shown}{more}"
 
 
-def _column(frame, name: str, source: str) -> tuple[str, ...]:
+def _column(frame: object, name: str, source: str) -> tuple[str, ...]:
     values = ["" if v is None or (isinstance(v, float) and np.isnan(v)) else str(v).strip() for v in frame[name]]
     blank = [str(i + 2) for i, v in enumerate(values) if not v]  # +2: header line, 1-based
     if blank:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -45,7 +46,7 @@ class TrainState:
     fingerprint: dict
 
 
-def atomic_write(path: Path, write) -> Path:
+def atomic_write(path: Path, write: Callable[[str], object]) -> Path:
     """Call `write(tmp_path)` on a temp file in `path`'s folder, then rename it over `path`."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")

@@ -40,6 +40,7 @@ from napari_clipmed.errors import InputError
 from napari_clipmed.models.checkpoint import read_checkpoint
 from napari_clipmed.models.device import autocast, resolve_precision
 from napari_clipmed.models.loader import ClipModel, load_model
+from napari_clipmed.models.registry import UnknownModelError
 from napari_clipmed.progress import Progress, ProgressGenerator, run_generator
 
 ValidationHook = Callable[[ClipModel, int], Mapping[str, float]]
@@ -112,7 +113,10 @@ def _prepare_model(model: str | ClipModel, weights: str | os.PathLike[str] | Non
             precision=model.precision if target == model.device else resolve_precision(target),
             weights_path=model.weights_path,
         )
-    return load_model(model, weights=weights, device=device)
+    try:
+        return load_model(model, weights=weights, device=device)
+    except UnknownModelError as err:
+        raise InputError(str(err)) from None
 
 
 def _fresh_view(clip: ClipModel) -> ClipModel:
@@ -143,7 +147,9 @@ class _Run:
         self.precision = resolve_precision(device, config.precision) if device.type == "cuda" else "fp32"
         self.text_only = manifest.mode == "text-only"
 
-    def batch(self, rows: np.ndarray, rng: np.random.Generator, aug: torch.Generator | None, train: bool = True):
+    def batch(
+        self, rows: np.ndarray, rng: np.random.Generator, aug: torch.Generator | None, train: bool = True
+    ) -> tuple[list[tuple[torch.Tensor, torch.Tensor]], torch.Tensor | None]:
         """The micro-batch chunks of one batch and its positive-pair mask (validation: first template)."""
         device, tokenize = self.clip.device, self.clip.tokenizer
         if self.text_only:
@@ -234,6 +240,8 @@ def iter_train(
     train_rows, val_rows = split_indices(pairs, config.val_fraction, config.seed)
     clip = _prepare_model(model, weights, device)
     out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise InputError(f"the output folder {out} is a file; name a folder")
     fingerprint = {"base_model": clip.spec.name, "base_weights": clip.weights_hash,
                    "manifest": pairs.fingerprint, "config": config.to_dict()}
     previous = st.read_state(out) if resume and out.is_dir() else None
