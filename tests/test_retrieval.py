@@ -10,7 +10,7 @@ import pytest
 
 from napari_clipmed import retrieval
 from napari_clipmed.errors import InputError
-from napari_clipmed.progress import Progress
+from napari_clipmed.progress import Progress, run_generator
 from napari_clipmed.retrieval import EmbeddingIndex
 
 
@@ -101,7 +101,7 @@ def test_chunked_search_matches_and_reports_progress(monkeypatch: pytest.MonkeyP
     rng = np.random.default_rng(3)
     gallery, queries = _unit(rng, 300, 8), _unit(rng, 50, 8)
     whole = EmbeddingIndex(gallery).search(queries, 7)
-    monkeypatch.setattr(retrieval, "_CHUNK_ELEMENTS", 300 * 16)  # 16 queries per chunk
+    monkeypatch.setattr(retrieval, "_CHUNK_ELEMENTS", 300 * 16)  # 16 queries per chunk (torch path)
     gen = EmbeddingIndex(gallery).iter_search(queries, 7)
     steps = []
     while True:
@@ -112,17 +112,22 @@ def test_chunked_search_matches_and_reports_progress(monkeypatch: pytest.MonkeyP
             break
     assert steps[-1] == Progress(4, 4, "searching 50 queries") and len(steps) == 4
     np.testing.assert_array_equal(chunked.indices, whole.indices)
+    monkeypatch.setattr(retrieval, "_FAISS_QUERY_CHUNK", 16)
+    steps = []
+    faiss_hits = run_generator(EmbeddingIndex(gallery).iter_search(queries, 7, backend="faiss"), steps.append)
+    assert len(steps) == 4
+    np.testing.assert_array_equal(faiss_hits.indices, whole.indices)
 
 
 def test_auto_backend_switches_to_faiss_for_large_galleries(monkeypatch: pytest.MonkeyPatch) -> None:
     rng = np.random.default_rng(4)
     index = EmbeddingIndex(_unit(rng, 100, 8))
-    assert not index._use_faiss("auto")
+    assert not index._use_faiss("auto", 1000)
     monkeypatch.setattr(retrieval, "FAISS_MIN_GALLERY", 100)
-    assert index._use_faiss("auto")
-    calls = []
-    monkeypatch.setattr(EmbeddingIndex, "_torch_topk", lambda *a: calls.append(a) or pytest.fail("torch path used"))
-    assert index.search(_unit(rng, 3, 8), 2).indices.shape == (3, 2)
+    assert index._use_faiss("auto", 1000) and not index._use_faiss("auto", 3)
+    assert index._use_faiss("faiss", 3) and not index._use_faiss("torch", 1000)
+    monkeypatch.setattr(EmbeddingIndex, "_torch_topk", lambda *a: pytest.fail("torch path used"))
+    assert index.search(_unit(rng, 64, 8), 2).indices.shape == (64, 2)
 
 
 def test_inputs_are_normalised_without_modifying_them() -> None:

@@ -4,14 +4,16 @@
 queries. Two backends give identical hits:
 
 - ``torch``: chunked matrix product + `topk`, so even all-pairs search over 100k items fits in memory;
-- ``faiss``: `faiss.IndexFlatIP` (exact), chosen automatically for galleries of at least
-  `FAISS_MIN_GALLERY` items when faiss is installed.
+- ``faiss``: `faiss.IndexFlatIP` (exact), chosen automatically when faiss is installed, the
+  gallery has at least `FAISS_MIN_GALLERY` items and there are at least `FAISS_MIN_QUERIES`
+  queries (faiss answers a handful of queries on one thread; torch is faster there).
 
-Both backends only *propose* candidates (a few more than k) in float32; the candidates are then
-re-scored in float64 the same way and ordered by similarity (descending), then gallery index
-(ascending). When float32 rounding could have hidden a better item (near-ties at the candidate
-boundary, e.g. duplicated tiles) the row is re-scored against the whole gallery. The hits are
-therefore the exact top-k under that order, whatever the backend, and tie order is deterministic.
+Both backends only *propose* candidates (a few more than k); the candidates are then re-scored by
+one fixed computation (the same summation order for every pair, so bit-identical whatever the
+backend) and ordered by similarity (descending), then gallery index (ascending). When rounding
+could have hidden a better item (near-ties at the candidate boundary, e.g. duplicated tiles) the
+row is re-scored against the whole gallery. The hits are therefore the top-k under that order,
+whatever the backend, and the tie order is deterministic.
 """
 
 from __future__ import annotations
@@ -34,7 +36,10 @@ if TYPE_CHECKING:
 
 Backend = Literal["auto", "torch", "faiss"]
 
-FAISS_MIN_GALLERY = 50_000  # from this gallery size on, "auto" uses faiss when it imports
+FAISS_MIN_GALLERY = 50_000  # "auto" uses faiss (when it imports) from this gallery size on ...
+FAISS_MIN_QUERIES = 64  # ... and this many queries: for a few queries faiss scans on one thread, torch is faster
+_FAISS_QUERY_CHUNK = 4096  # faiss blocks the gallery itself; large query batches amortise each pass over it
+_REFINE_BLOCK = 128  # queries re-scored at a time (keeps the gathered candidates small)
 _MARGIN = 8  # extra float32 candidates per query, re-scored exactly
 _CHUNK_ELEMENTS = 2**25  # query chunk x gallery size of one similarity block (128 MB of float32)
 _FORMAT = "napari-clipmed.embedding-index"
@@ -231,11 +236,11 @@ class EmbeddingIndex:
         if k > n_eff:
             extra = " once each query is left out of its own search" if exclude_self else ""
             raise InputError(f"k={k} is larger than the gallery: it has {n} items, so at most {n_eff} neighbours{extra}")
-        use_faiss = self._use_faiss(backend)
+        use_faiss = self._use_faiss(backend, len(q))
         fetch = min(n, min(n_eff, k + _MARGIN) + int(exclude_self))
-        chunk = max(1, min(len(q), _CHUNK_ELEMENTS // max(n, 1)))
+        chunk = _FAISS_QUERY_CHUNK if use_faiss else max(1, min(len(q), _CHUNK_ELEMENTS // max(n, 1)))
         out_idx = np.empty((len(q), k), dtype=np.int64)
-        out_sim = np.empty((len(q), k), dtype=np.float64)
+        out_sim = np.empty((len(q), k), dtype=np.float32)
         total = (len(q) + chunk - 1) // chunk
         for step, start in enumerate(range(0, len(q), chunk)):
             qc = q[start : start + chunk]
@@ -247,12 +252,12 @@ class EmbeddingIndex:
             yield Progress(step + 1, total, f"searching {len(q)} queries")
         return RetrievalHits(
             indices=out_idx,
-            similarities=out_sim.astype(np.float32),
+            similarities=out_sim,
             labels=None if self.labels is None else self.labels[out_idx],
             ids=None if self.ids is None else self.ids[out_idx],
         )
 
-    def _use_faiss(self, backend: Backend) -> bool:
+    def _use_faiss(self, backend: Backend, n_queries: int) -> bool:
         if backend == "faiss":
             if not faiss_available():
                 raise InputError("backend 'faiss' was asked for but faiss is not installed (pip install faiss-cpu)")
@@ -261,7 +266,7 @@ class EmbeddingIndex:
             return False
         if backend != "auto":
             raise InputError(f"backend must be 'auto', 'torch' or 'faiss', got {backend!r}")
-        return len(self) >= FAISS_MIN_GALLERY and faiss_available()
+        return len(self) >= FAISS_MIN_GALLERY and n_queries >= FAISS_MIN_QUERIES and faiss_available()
 
     def _torch_topk(self, qc: np.ndarray, fetch: int) -> tuple[np.ndarray, np.ndarray]:
         import torch
@@ -281,9 +286,19 @@ class EmbeddingIndex:
         vals, idx = self._faiss_index.search(qc, fetch)  # type: ignore[attr-defined]
         return vals, idx.astype(np.int64)
 
-    def _exact(self, q64: np.ndarray, rows: np.ndarray) -> np.ndarray:
-        """Float64 inner products, summed the same way for every (query, item) pair."""
-        return (self._emb[rows].astype(np.float64) * q64[:, None, :]).sum(axis=-1)
+    def _canonical(self, q: np.ndarray, rows: np.ndarray) -> np.ndarray:
+        """Inner products of query i with gallery rows `rows[i]`, computed one fixed way.
+
+        Every (query, item) pair is summed in the same order (numpy's pairwise sum over a
+        contiguous row), whatever backend proposed it and however the work is blocked, so both
+        backends and the full-row fallback give bit-identical similarities.
+        """
+        out = np.empty(rows.shape, dtype=np.float32)
+        for s in range(0, len(q), _REFINE_BLOCK):
+            block = self._emb[rows[s : s + _REFINE_BLOCK]]  # a gathered copy, safe to scale in place
+            block *= q[s : s + _REFINE_BLOCK, None, :]
+            out[s : s + _REFINE_BLOCK] = block.sum(axis=-1)
+        return out
 
     def _refine(
         self,
@@ -294,33 +309,34 @@ class EmbeddingIndex:
         self_rows: np.ndarray | None,
         all_candidates: bool,
     ) -> tuple[np.ndarray, np.ndarray]:
-        """Exact re-scoring of float32 candidates; rows where rounding may matter get a full scan."""
+        """Canonical re-scoring of the candidates; rows where rounding may matter get a full scan."""
         n = len(self)
         valid = cand >= 0
         if self_rows is not None:
             valid &= cand != self_rows[:, None]
-        q64 = qc.astype(np.float64)
-        exact = self._exact(q64, np.where(valid, cand, 0))
-        exact[~valid] = -np.inf
-        order = np.lexsort((np.where(valid, cand, n), -exact), axis=1)[:, :k]
+        sims = self._canonical(qc, np.where(valid, cand, 0))
+        sims[~valid] = -np.inf
+        order = np.lexsort((np.where(valid, cand, n), -sims), axis=1)[:, :k]
         idx = np.take_along_axis(cand, order, axis=1)
-        sim = np.take_along_axis(exact, order, axis=1)
+        sim = np.take_along_axis(sims, order, axis=1)
         if not all_candidates:
-            eps = 2.0 * self.dim * 2.0**-24 + 1e-6  # bound on float32 dot-product rounding (unit vectors)
+            # an item left out has approximate similarity <= the smallest candidate's; with both
+            # computations within eps/2 of the true value, it cannot beat the k-th hit unless this fails
+            eps = 2.0 * self.dim * 2.0**-24 + 1e-6
             bound = approx.min(axis=1).astype(np.float64)
             for r in np.flatnonzero(~(bound + eps < sim[:, -1])):
-                idx[r], sim[r] = self._full_row(q64[r], k, None if self_rows is None else int(self_rows[r]))
+                idx[r], sim[r] = self._full_row(qc[r], k, None if self_rows is None else int(self_rows[r]))
         return idx, sim
 
-    def _full_row(self, q64: np.ndarray, k: int, self_row: int | None) -> tuple[np.ndarray, np.ndarray]:
-        step = 4096
-        exact = np.concatenate(
-            [self._exact(q64[None], np.arange(s, min(s + step, len(self)))[None])[0] for s in range(0, len(self), step)]
+    def _full_row(self, q: np.ndarray, k: int, self_row: int | None) -> tuple[np.ndarray, np.ndarray]:
+        n = len(self)
+        sims = np.concatenate(
+            [self._canonical(q[None], np.arange(s, min(s + 4096, n))[None])[0] for s in range(0, n, 4096)]
         )
         if self_row is not None:
-            exact[self_row] = -np.inf
-        order = np.lexsort((np.arange(len(self)), -exact))[:k]
-        return order.astype(np.int64), exact[order]
+            sims[self_row] = -np.inf
+        order = np.lexsort((np.arange(n), -sims))[:k]
+        return order.astype(np.int64), sims[order]
 
     # ------------------------------------------------------------------ persistence
     def save(self, path: str | os.PathLike) -> Path:
