@@ -62,10 +62,11 @@ def _load(w: RetrievalWidget):
     return session_for(w.viewer).load_now(ModelChoice("tiny-random"))
 
 
-def _wait(qtbot, worker) -> None:
+def _wait(qtbot, w, worker) -> None:
+    """Wait until the widget is done with `worker` (a state, not a signal: a fast worker can finish
+    before a signal wait would start listening)."""
     assert worker is not None
-    with qtbot.waitSignal(worker.finished, timeout=30_000):
-        pass
+    qtbot.waitUntil(lambda: w.worker is not worker, timeout=30_000)
 
 
 def _notes() -> list[str]:
@@ -77,7 +78,7 @@ def _notes() -> list[str]:
 def _build(qtbot, w: RetrievalWidget, folder: Path) -> None:
     w.folder.value = folder
     w.build_button.native.click()  # as a user would
-    _wait(qtbot, w.worker)
+    _wait(qtbot, w, w.worker)
     assert w.last_error is None, w.last_error
 
 
@@ -99,7 +100,7 @@ def test_build_query_export(qtbot, widget: RetrievalWidget, gallery: Path, tmp_p
     widget.k.value = 5
     n_layers = len(widget.viewer.layers)
     qtbot.mouseClick(widget.controls.run_button, Qt.MouseButton.LeftButton)
-    _wait(qtbot, widget.worker)
+    _wait(qtbot, widget, widget.worker)
     assert widget.last_error is None, widget.last_error
     assert len(widget.viewer.layers) == n_layers + 2
     grid_layer, labels_layer = widget.viewer.layers[-2], widget.viewer.layers[-1]
@@ -165,7 +166,7 @@ def test_rectangle_query_and_cancel(qtbot, widget: RetrievalWidget, gallery: Pat
     widget.image_layer.value, widget.shapes_layer.value = image, shapes
     widget.query_mode.value = RECTANGLE
     widget.k.value = 3
-    _wait(qtbot, widget.run())
+    _wait(qtbot, widget, widget.run())
     assert widget.last_error is None, widget.last_error
     hits = viewer.layers[-2].metadata["hits"]
     assert Path(hits["path"].iloc[0]).name == "carcinoma_4.png"
@@ -178,11 +179,11 @@ def test_rectangle_query_and_cancel(qtbot, widget: RetrievalWidget, gallery: Pat
     n_layers, index = len(viewer.layers), widget.index
     worker = widget.run()
     widget.cancel()
-    _wait(qtbot, worker)
+    _wait(qtbot, widget, worker)
     assert len(viewer.layers) == n_layers and widget.controls.status.text().startswith("cancelled")
     worker = widget.build_index()
     widget.cancel()
-    _wait(qtbot, worker)
+    _wait(qtbot, widget, worker)
     assert widget.index is index and widget.last_error is None
 
 
@@ -198,7 +199,7 @@ def test_bad_inputs_notify_and_add_nothing(qtbot, widget: RetrievalWidget, galle
     empty = tmp_path / "empty"
     empty.mkdir()
     widget.folder.value = empty
-    _wait(qtbot, widget.build_index())
+    _wait(qtbot, widget, widget.build_index())
     assert "holds no images" in widget.last_error and widget.index is None
 
     assert widget.run() is None
@@ -214,3 +215,21 @@ def test_bad_inputs_notify_and_add_nothing(qtbot, widget: RetrievalWidget, galle
     widget.csv_file.value = tmp_path / "x.csv"
     assert widget.export_csv() is None and "no hits" in widget.last_error
     assert len(viewer.layers) == n_layers and not (tmp_path / "x.csv").exists()
+
+
+def test_flat_folder_index_and_grid_without_viewer(tiny_model, tmp_path: Path, sources) -> None:
+    from napari_clipmed._widgets._gallery import hits_frame, hits_grid, index_folder
+
+    flat = tmp_path / "flat"
+    flat.mkdir()
+    for i, (r, c) in enumerate(_tile_boxes()[:4]):
+        Image.fromarray(sources["skin"][r : r + TILE, c : c + TILE]).save(flat / f"t{i}.png")
+    build = index_folder(tiny_model, flat)
+    assert build.index.labels is None and len(build.index) == 4 and not build.labelled
+    hits = build.index.search(build.index.embeddings[2], 3)
+    frame = hits_frame(hits, "q")
+    assert list(frame["label"]) == ["", "", ""] and Path(frame["path"][0]).name == "t2.png"
+    grid, kwargs = hits_grid([np.zeros((10, 20, 3), np.uint8), None, None], frame, cell=32, gap=2)
+    assert grid.shape == (2 * 32 + 2, 2 * 32 + 2, 3)  # 3 cells on a 2 x 2 grid
+    assert (grid[:32, 34:66] == 128).all()  # a missing file is a grey cell
+    assert (grid[8:24, :32] == 0).all() and (grid[:8, :32] == 255).all()  # a 10 x 20 tile fits 16 x 32, centred

@@ -40,10 +40,11 @@ def _load(w: ZeroShotLabelsWidget):
     return session_for(w.viewer).load_now(ModelChoice("tiny-random"))
 
 
-def _wait(qtbot, worker) -> None:
+def _wait(qtbot, w, worker) -> None:
+    """Wait until the widget is done with `worker` (a state, not a signal: a fast worker can finish
+    before a signal wait would start listening)."""
     assert worker is not None
-    with qtbot.waitSignal(worker.finished, timeout=30_000):
-        pass
+    qtbot.waitUntil(lambda: w.worker is not worker, timeout=30_000)
 
 
 def _notes() -> list[str]:
@@ -74,7 +75,7 @@ def test_rectangles_on_scaled_image_match_direct_classification(qtbot, widget: Z
     widget.mode.value = RECTANGLES
     n_layers = len(viewer.layers)
     qtbot.mouseClick(widget.controls.run_button, Qt.MouseButton.LeftButton)
-    _wait(qtbot, widget.worker)
+    _wait(qtbot, widget, widget.worker)
     assert widget.last_error is None, widget.last_error
     assert len(viewer.layers) == n_layers + 1
     out = viewer.layers[-1]
@@ -104,7 +105,7 @@ def test_rectangles_on_scaled_image_match_direct_classification(qtbot, widget: Z
     # the same rectangles on a corrupted copy (as the corruption explorer makes it): labels follow the pixels
     data, kwargs = corrupted_layer_data(image, "blur", 4.0, seed=0)
     widget.image_layer.value = viewer.add_image(data, **kwargs)
-    _wait(qtbot, widget.run())
+    _wait(qtbot, widget, widget.run())
     blurred = corrupt(he, "blur", 4.0)
     expected_blur = classifier.predict_proba(model.encode_images([blurred[r0:r1, c0:c1] for r0, c0, r1, c1 in boxes]))
     got_blur = viewer.layers[-1].features[[f"p({c})" for c in preset.class_names]].to_numpy()
@@ -122,7 +123,7 @@ def test_tiles_with_and_without_tissue_filter(qtbot, widget: ZeroShotLabelsWidge
     widget.mode.value = TILES
     widget.tile_size.value, widget.stride.value = 128, 128
     widget.tissue_only.value = False
-    _wait(qtbot, widget.run())
+    _wait(qtbot, widget, widget.run())
     assert widget.last_error is None, widget.last_error
     everything = viewer.layers[-1].features
     assert viewer.layers[-1].name == "half glass labels [tiles 128px]"
@@ -130,7 +131,7 @@ def test_tiles_with_and_without_tissue_filter(qtbot, widget: ZeroShotLabelsWidge
     expected_boxes = [[r, c, r + 128, c + 128] for r in (0, 128, 256) for c in (0, 128, 256, 384, 512)]
     assert everything[["row0", "col0", "row1", "col1"]].to_numpy().tolist() == expected_boxes
     widget.tissue_only.value = True
-    _wait(qtbot, widget.run())
+    _wait(qtbot, widget, widget.run())
     tissue = viewer.layers[-1].features
     assert len(tissue) == 9 and tissue["col1"].max() <= 384  # only the H&E part
     same = everything.merge(tissue, on=["row0", "col0"], suffixes=("", "_t"))
@@ -166,6 +167,30 @@ def test_bad_inputs_and_cancel_add_no_layer(qtbot, widget: ZeroShotLabelsWidget,
     widget.tile_size.value, widget.stride.value = 64, 64
     worker = widget.run()
     widget.cancel()
-    _wait(qtbot, worker)
+    _wait(qtbot, widget, worker)
     assert len(viewer.layers) == n_layers + 1 and widget.last_error is None
     assert widget.controls.status.text().startswith("cancelled")
+
+
+def test_prompt_text_and_rectangle_mapping_without_viewer() -> None:
+    from napari.layers import Image as ImageLayer
+    from napari.layers import Shapes
+
+    from napari_clipmed._widgets import _path_layers as pl
+    from napari_clipmed.errors import InputError
+
+    text = "tumour: tumor tissue; carcinoma\n\n# a comment\nstroma"
+    classes = pl.parse_classes(text)
+    assert classes == {"tumour": ("tumor tissue", "carcinoma"), "stroma": ("stroma",)}
+    assert pl.parse_classes(pl.format_classes(classes)) == classes
+    with pytest.raises(InputError, match="listed twice"):
+        pl.parse_classes("a\nb\na")
+    with pytest.raises(InputError, match="at least one prompt template"):
+        pl.prompts_from_text("a\nb", "\n  \n")
+
+    image = ImageLayer(np.zeros((100, 80, 3), np.uint8), rgb=True, name="img", scale=(0.5, 0.25), translate=(10, 0))
+    # a Shapes layer with its own scale: data (r, c) -> world (2 r, 2 c)
+    shapes = Shapes([_rect(10, 2, 20, 6), _rect(-5, -5, 100, 100)], shape_type="rectangle", scale=(2, 2))
+    boxes = pl.shapes_to_boxes(shapes, pl.image_source(image))
+    # world rows 20..40 -> pixels (20-10)/0.5 .. (40-10)/0.5 = 20..60; world cols 4..12 -> 16..48
+    assert boxes.tolist() == [[20, 16, 60, 48], [0, 0, 100, 80]]  # the second is clipped to the image

@@ -1,8 +1,9 @@
 """Pure functions that turn pathology results into napari layer data (+ features), and back.
 
-Used by the pathology widgets and by `napari_clipmed.api` (the retrieval hit grid lives in `_gallery`). Nothing here imports Qt or creates a
-viewer: functions take layers (only their `data`, `name`, `scale`, `translate`, `rgb`,
-`multiscale` attributes are read) or plain arrays, and return `(data, kwargs)` pairs ready for
+Used by the pathology widgets and by `napari_clipmed.api` (the retrieval hit grid lives in
+`_gallery`). Nothing here imports Qt or creates a viewer: functions take layers (only their
+`data`, `name`, `scale`, `translate`, `rgb` and `multiscale` attributes are read; multiscale
+layers use level 0) or plain arrays, and return `(data, kwargs)` pairs ready for
 `viewer.add_image(data, **kwargs)` / `viewer.add_shapes(data, **kwargs)`.
 
 Geometry rule: a layer's world coordinates are ``pixel * scale + translate`` over its last two
@@ -225,7 +226,8 @@ def iter_severity_strip(
         strip[:, i * (w + gap) : i * (w + gap) + w] = corrupt_source(source, kind, severity, seed)
         yield Progress(i + 1, len(levels), f"{corruption_tag(kind, severity)} done")
     meta = _corruption_meta(source, kind, levels[-1], seed)
-    meta["corruption"] |= {"severity": None, "severities": levels, "panel_cols": [i * (w + gap) for i in range(len(levels))]}
+    panel_cols = [i * (w + gap) for i in range(len(levels))]
+    meta["corruption"] |= {"severity": None, "severities": levels, "panel_cols": panel_cols}
     below = source.geometry.shifted((source.offset[0] + h + max(gap, h // 20), source.offset[1]))
     kwargs = {
         "name": f"{source.name} [{kind} strip {levels[0]:g}-{levels[-1]:g}]",
@@ -370,18 +372,20 @@ def zeroshot_shapes(
     """Shapes layer data + kwargs: one rectangle per box, coloured by predicted class, text = label."""
     frame = zeroshot_frame(boxes, classes, probabilities)
     colours = class_colors(classes)
-    face = np.stack([_rgba(colours[str(label)], FACE_ALPHA) for label in frame["label"]]) if len(frame) else np.zeros((0, 4))
+    face = np.zeros((len(frame), 4), dtype=np.float32)
+    for i, label in enumerate(frame["label"]):
+        face[i] = _rgba(colours[str(label)], FACE_ALPHA)
     edge = face.copy()
     edge[:, 3] = 1.0
+    sides = np.asarray(boxes, dtype=float).reshape(-1, 4)
+    edge_width = max(1.0, float(np.median(sides[:, 2:] - sides[:, :2])) / 64.0) if len(sides) else 1.0
     kwargs: dict[str, Any] = {
         "name": name,
         "shape_type": "rectangle",
         "features": frame,
         "face_color": face,
         "edge_color": edge,
-        "edge_width": max(1.0, float(np.median(np.asarray(boxes)[:, 2:] - np.asarray(boxes)[:, :2])) / 64.0)
-        if len(frame)
-        else 1.0,
+        "edge_width": edge_width,
         "text": {"string": "{label}", "size": 9, "color": "white", "anchor": "center"},
         "metadata": {"classes": list(classes), "colors": colours, **(metadata or {})},
         **geometry.kwargs(),

@@ -97,11 +97,11 @@ class CorruptionExplorerWidget(ClipmedWidget):
         request = self.preview_requests
         for old in self._workers:
             old.quit()  # an overtaken result is never emitted
-        worker = create_worker(
-            lambda: (pl.corrupt_source(source, kind, severity, seed), pl.corrupted_kwargs(source, kind, severity, seed)),
-            _start_thread=False,
-            _ignore_errors=True,
-        )
+
+        def compute() -> tuple:  # runs in the worker thread
+            return pl.corrupt_source(source, kind, severity, seed), pl.corrupted_kwargs(source, kind, severity, seed)
+
+        worker = create_worker(compute, _start_thread=False, _ignore_errors=True)
         self._workers.add(worker)
         self.preview_worker = worker
         worker.returned.connect(lambda result: self._show_preview(request, result, source))

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from magicgui.widgets import ComboBox, FileEdit, PushButton, RadioButtons, SpinBox
+from magicgui.widgets import FileEdit, PushButton, RadioButtons, SpinBox
 from qtpy.QtWidgets import QLabel, QTableWidget, QTableWidgetItem
 
 from napari_clipmed._widgets import _path_layers as pl
@@ -67,7 +67,9 @@ class RetrievalWidget(ClipmedWidget):
         self.index: EmbeddingIndex | None = None
         self.hits: pd.DataFrame | None = None
         self.unreadable: list[tuple[str, str]] = []  # (path, reason) of files the last build skipped
-        self.folder = FileEdit(label="tile folder", mode="d", tooltip="ImageFolder (one sub-folder per label) or a flat folder of tiles")
+        self.folder = FileEdit(
+            label="tile folder", mode="d", tooltip="ImageFolder (one sub-folder per label) or a flat folder of tiles"
+        )
         self.build_button = PushButton(text="Build index")
         self.index_file = FileEdit(label="index file", mode="r", filter="*.npz")
         self.load_button = PushButton(text="Load index")

@@ -63,8 +63,12 @@ class ZeroShotLabelsWidget(ClipmedWidget):
         self._filling = False
         self.image_layer = self.layer_combo("image", _is_2d_image)
         self.preset = ComboBox(label="preset", choices=[*list_presets(), CUSTOM], value=CUSTOM)
-        self.classes = TextEdit(label="classes", tooltip="one class per line; 'name: synonym 1; synonym 2' for several names")
-        self.templates = TextEdit(label="templates", tooltip="one prompt template per line, with {} where the class name goes")
+        self.classes = TextEdit(
+            label="classes", tooltip="one class per line; 'name: synonym 1; synonym 2' for several names"
+        )
+        self.templates = TextEdit(
+            label="templates", tooltip="one prompt template per line, with {} where the class name goes"
+        )
         self.mode = RadioButtons(label="run on", choices=[TILES, RECTANGLES], value=TILES, orientation="horizontal")
         self.tile_size = SpinBox(label="tile size (px)", value=224, min=8, max=8192)
         self.stride = SpinBox(label="stride (px)", value=224, min=8, max=8192)
