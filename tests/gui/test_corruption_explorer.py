@@ -78,15 +78,18 @@ def test_live_preview_is_debounced_and_leaves_source_alone(qtbot, widget: Corrup
     np.testing.assert_array_equal(preview.data, corrupt(he.copy(), "hue", 1.2, seed=7))
     assert widget.source_layer.value is source  # the preview is not offered as a source
 
-    # a request overtaken by a newer one is dropped, whichever finishes first
+    # settings changed while a preview computes wait for it; its outdated result is never shown
     widget.kind.value = "markup"
     widget.severity.value = 4.0
     widget._debounce.stop()
-    widget.request_preview()
+    assert widget.request_preview() is not None
     widget.severity.value = 1.0
     widget._debounce.stop()
-    widget.request_preview()
+    assert widget.request_preview() is None  # queued behind the running one
+    shown: list[str] = []
+    preview.events.name.connect(lambda event: shown.append(preview.name))
     _settle(qtbot, widget, "he [markup 1]")
+    assert widget.preview_requests == 4 and shown == ["he [markup 1]"]
     np.testing.assert_array_equal(preview.data, corrupt(he.copy(), "markup", 1.0, seed=7))
     np.testing.assert_array_equal(source.data, he)  # the source was never touched
     assert widget.last_error is None

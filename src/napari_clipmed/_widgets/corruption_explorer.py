@@ -3,7 +3,8 @@ debounced preview in ONE separate layer, plus a "Severity strip" of all levels 0
 
 The source layer is never changed. Each slider/kind/seed change restarts a 150 ms timer; when it
 fires, the corruption runs in a worker and its result replaces the preview layer's data and
-name ("<source> [blur 2.5]"). A result whose request was overtaken by a newer one is dropped.
+name ("<source> [blur 2.5]"). At most one preview computes at a time: settings changed meanwhile
+wait for it, its (outdated) result is dropped, and only the latest settings are computed next.
 Images with a side over `MAX_PREVIEW_SIDE` px are previewed (and stripped) on their central
 crop of that size, at full resolution, placed where it sits in the source.
 """
@@ -40,6 +41,7 @@ class CorruptionExplorerWidget(ClipmedWidget):
         self.preview_worker: Any = None  # the latest preview computation
         self.preview_requests = 0  # previews started (one per debounced change)
         self._workers: set[Any] = set()
+        self._pending = False  # settings changed while a preview was computing
         self.source_layer = self.layer_combo("image (RGB)", self._accepts)
         self.kind = ComboBox(label="corruption", choices=list_corruptions(), value="blur")
         self.severity = FloatSlider(label="severity", min=0.0, max=float(MAX_SEVERITY), step=0.1, value=2.0)
@@ -87,6 +89,9 @@ class CorruptionExplorerWidget(ClipmedWidget):
 
         if not self.live.value or self.source_layer.value is None:
             return None
+        if self._workers:  # one computation at a time; the latest settings follow it
+            self._pending = True
+            return None
         kind, severity, seed = self.kind.value, self.severity_value, int(self.seed.value)
         try:
             source = pl.rgb_source(self.source_layer.value)
@@ -95,8 +100,6 @@ class CorruptionExplorerWidget(ClipmedWidget):
             return None
         self.preview_requests += 1
         request = self.preview_requests
-        for old in self._workers:
-            old.quit()  # an overtaken result is never emitted
 
         def compute() -> tuple:  # runs in the worker thread
             return pl.corrupt_source(source, kind, severity, seed), pl.corrupted_kwargs(source, kind, severity, seed)
@@ -106,14 +109,20 @@ class CorruptionExplorerWidget(ClipmedWidget):
         self.preview_worker = worker
         worker.returned.connect(lambda result: self._show_preview(request, result, source))
         worker.errored.connect(lambda err: self._preview_failed(request, err))
-        worker.finished.connect(lambda: self._workers.discard(worker))
+        worker.finished.connect(lambda: self._preview_done(worker))
         self.controls.status.setText(f"preview: {pl.corruption_tag(kind, severity)} ...")
         worker.start()
         return worker
 
+    def _preview_done(self, worker: Any) -> None:
+        self._workers.discard(worker)
+        if self._pending and not self._workers:
+            self._pending = False
+            self.request_preview()
+
     def _show_preview(self, request: int, result: tuple, source: pl.SourceImage) -> None:
-        if request != self.preview_requests:
-            return  # a newer request is running: this result is outdated
+        if request != self.preview_requests or self._pending:
+            return  # newer settings are waiting: this result is outdated
         data, kwargs = result
         self.last_error = None
         layer = self.preview_layer
@@ -129,7 +138,7 @@ class CorruptionExplorerWidget(ClipmedWidget):
         self.controls.status.setText(f"preview: {kwargs['name']}{crop}")
 
     def _preview_failed(self, request: int, err: Exception) -> None:
-        if request == self.preview_requests:
+        if request == self.preview_requests and not self._pending:
             self.fail(str(err) if isinstance(err, ClipmedError) else f"{type(err).__name__}: {err}")
 
     # --- severity strip ---------------------------------------------------------------------------
