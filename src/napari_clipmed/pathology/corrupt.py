@@ -6,7 +6,7 @@ is passed through untouched). Values are uint8 (0..255) or float in [0, 1]. The 
 input's type, dtype, layout and device (a CUDA tensor is corrupted on the GPU). The input is
 never modified. Grayscale is refused: colour corruptions (hue, saturation) are undefined on it.
 
-The work is done once, on float tensors (N, 3, H, W) in chunks, by `ops` and `markup`.
+The work is done once, on float tensors (N, 3, H, W) in small chunks, by `ops` and `markup`.
 """
 
 from __future__ import annotations
@@ -24,9 +24,10 @@ from napari_clipmed.pathology.params import Corruption, check_severity, get_corr
 
 ImageT = TypeVar("ImageT", np.ndarray, torch.Tensor)
 
-CHUNK_PIXELS = 1 << 21  # images per chunk: about 2 M pixels (40 tiles of 224 x 224)
+CHUNK_PIXELS = 1 << 18  # images per chunk: about 260 k pixels (5 tiles of 224 x 224), cache-sized
 MIN_RESOLUTION_SIDE = 2  # the downscaled image must keep at least this many pixels per side
 _FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+_NUMPY_DTYPES = (torch.uint8, torch.float32, torch.float64)
 
 
 def corrupt(
@@ -51,22 +52,27 @@ def corrupt(
 
     out = torch.empty_like(x, memory_format=torch.contiguous_format)
     seeds = markup.seed_sequences(seed, n) if spec.name == "markup" else []
-    chunk = max(1, CHUNK_PIXELS // max(1, h * w))
+    chunk = max(1, min(n, CHUNK_PIXELS // max(1, h * w)))
+    work_dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
+    top = 255.0 if x.dtype == torch.uint8 else 1.0  # work in the input's own scale: no /255 and *255
+    buffer = torch.empty((chunk, 3, h, w), dtype=work_dtype, device=x.device)
+    staging = torch.empty((chunk, h, w, 3), dtype=work_dtype, device=x.device) if channels_last else None
     for start in range(0, n, chunk):
         stop = min(n, start + chunk)
-        part = x[start:stop]
-        rgb = part[..., :3] if channels_last else part[:, :3]
-        rgb = rgb.permute(0, 3, 1, 2) if channels_last else rgb
-        work_dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
-        y = _apply(spec, s, _to_unit(rgb, work_dtype), seeds[start:stop], quantized=x.dtype == torch.uint8)
-        y = _from_unit(y, x.dtype)
-        target = out[start:stop]
-        if channels_last:
-            target[..., :3] = y.permute(0, 2, 3, 1)
-            if x.shape[-1] == 4:
+        part, target = x[start:stop], out[start:stop]
+        work = buffer[: stop - start]
+        _copy(work, part[..., :3].permute(0, 3, 1, 2) if channels_last else part[:, :3])
+        y = _apply(spec, s, work, seeds[start:stop], top)
+        if x.dtype == torch.uint8:
+            y = y.clamp_(0.0, 255.0).add_(0.5)  # the cast truncates: round half up
+        if staging is not None:  # transpose in float (fast), then a contiguous cast
+            stage = staging[: stop - start]
+            stage.copy_(y.permute(0, 2, 3, 1))
+            _copy(target[..., :3], stage)
+            if x.shape[-1] == 4:  # RGBA: alpha passes through
                 target[..., 3] = part[..., 3]
         else:
-            target[:, :3] = y
+            _copy(target[:, :3], y)
             if x.shape[1] == 4:
                 target[:, 3] = part[:, 3]
 
@@ -74,26 +80,35 @@ def corrupt(
     return result.numpy() if isinstance(images, np.ndarray) else result
 
 
+def _copy(dst: torch.Tensor, src: torch.Tensor) -> None:
+    """dst[...] = src with dtype conversion (float -> uint8 truncates); numpy's casts are faster on CPU."""
+    numpy_ok = dst.dtype in _NUMPY_DTYPES and src.dtype in _NUMPY_DTYPES
+    if numpy_ok and dst.device.type == "cpu" and src.device.type == "cpu":
+        np.copyto(dst.numpy(), src.numpy(), casting="unsafe")
+    else:
+        dst.copy_(src)
+
+
 def _apply(
-    spec: Corruption, severity: float, x: torch.Tensor, seeds: Sequence[np.random.SeedSequence], quantized: bool
+    spec: Corruption, severity: float, x: torch.Tensor, seeds: Sequence[np.random.SeedSequence], top: float
 ) -> torch.Tensor:
-    """Run one corruption on a float (N, 3, H, W) chunk in [0, 1]."""
+    """Run one corruption on a float work chunk (N, 3, H, W) in [0, top]; may overwrite it."""
     value = spec.parameter_at(severity)
     name = spec.name
     if name == "brightness":
-        return ops.shift_brightness(x, value)
+        return ops.shift_brightness(x, value, top)
     if name == "contrast":
-        return ops.scale_contrast(x, value)
+        return ops.scale_contrast(x, value, top)
     if name == "blur":
-        return ops.gaussian_blur(x, value)
+        return ops.gaussian_blur(x, value, top)
     if name == "resolution":
-        return ops.pixelate(x, value, quantize=quantized)
+        return ops.pixelate(x, value, top, quantize=top == 255.0)
     if name == "saturation":
-        return ops.shift_saturation(x, value)
+        return ops.shift_saturation(x, value, top)
     if name == "hue":
-        return ops.shift_hue(x, value)
+        return ops.shift_hue(x, value, top)
     if name == "markup":
-        return markup.apply_markup(x, severity, seeds)
+        return markup.apply_markup(x, severity, seeds, top)
     raise AssertionError(f"no implementation for {name}")  # the table and this dispatch disagree
 
 
@@ -187,17 +202,3 @@ def _check_size(spec: Corruption, severity: float, h: int, w: int) -> None:
             )
     elif spec.name == "markup" and min(h, w) < markup.MIN_SIDE:
         raise InputError(f"markup needs images of at least {markup.MIN_SIDE} x {markup.MIN_SIDE} px; got {h} x {w}")
-
-
-def _to_unit(rgb: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """uint8 or float (N, 3, H, W) -> contiguous float in [0, 1] (always a new tensor)."""
-    if rgb.dtype == torch.uint8:
-        return rgb.to(dtype=dtype, memory_format=torch.contiguous_format).div_(255.0)
-    return rgb.to(dtype=dtype, memory_format=torch.contiguous_format, copy=True)
-
-
-def _from_unit(y: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """Float [0, 1] -> `dtype`; uint8 rounds to the nearest level."""
-    if dtype == torch.uint8:
-        return y.mul(255.0).round_().clamp_(0, 255).to(torch.uint8)
-    return y.to(dtype)

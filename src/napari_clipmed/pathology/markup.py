@@ -24,10 +24,9 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from napari_clipmed.errors import InputError
 from napari_clipmed.pathology.params import MAX_SEVERITY, check_severity
-from napari_clipmed.pathology.strokes import MAX_HALF_WIDTH, SlotStack, Stroke, random_stroke, smooth_noise
+from napari_clipmed.pathology.strokes import MAX_HALF_WIDTH, SlotStack, candidate_strokes, smooth_noise
 
 # Ink colour as an optical-density direction (absorbance per RGB channel, strongest = 1).
 # green: measured on the CMU-1 SVS (green margin ink at the tissue edge): -log(pixel / glass)
@@ -50,8 +49,8 @@ COVERAGE_RANGES: tuple[tuple[float, float], ...] = (
     (0.30, 0.40),
 )
 MIN_SIDE = 16  # smallest tile side markup accepts
-WORK_SIDE = 48  # short side of the grid the ink geometry is computed on
-MAX_STROKES = 24  # strokes of the first guess, at most
+WORK_SIDE = 40  # short side of the grid the ink geometry is computed on
+MAX_STROKES = 16  # candidate strokes per tile
 MAX_ROUNDS = 8  # rounds adding one stroke to tiles whose strokes overlap too much
 
 
@@ -140,63 +139,71 @@ def _ink_work(height: int, width: int, severity: float, seeds: Sequence[np.rando
     grain = smooth_noise(texture_rngs, (hw, ww), 0.8)
     mottle = smooth_noise(texture_rngs, (hw, ww), max(1.0, 0.06 * side))
 
-    # strokes per tile: first a guess from their summed area, then more where overlaps fell short
+    # strokes per tile: a first guess from their summed area, then one more per round where
+    # overlaps left too little ink; all candidates are drawn up front from the tile's generator
+    candidates = [candidate_strokes(r, hw, ww, MAX_STROKES) for r in rngs]
+    used = np.array([min(MAX_STROKES, 1 + int(np.searchsorted(np.cumsum(a), 1.3 * need))) for _, a in candidates])
     owner: list[int] = []
     signed_parts, key_parts = [], []
-    done = np.zeros(n)  # pen travel so far, per tile
+    travel = np.zeros(n)  # pen travel so far, per tile
     first = np.full((n, hw, ww), np.inf, dtype=np.float32)
-    todo = {i: _initial_strokes(rngs[i], hw, ww, 1.3 * need) for i in range(n)}
+    todo = [(i, j) for i in range(n) for j in range(used[i])]
     for _ in range(MAX_ROUNDS):
-        batch = [(i, s) for i, ss in todo.items() for s in ss]
-        if not batch:
+        if not todo:
             break
-        signed, arclength = stack.fields([s for _, s in batch])
-        signed += 0.3 * edge * grain[[i for i, _ in batch]]  # ragged edge
-        for k, (i, s) in enumerate(batch):
-            owner.append(i)
-            key = arclength[k] + np.float32(done[i])
-            np.minimum(first[i], np.where(signed[k] <= 0, key, np.inf), out=first[i])
-            arclength[k] = key
-            done[i] += s.length + 1.0
+        strokes = [candidates[i][0][j] for i, j in todo]
+        signed, arclength = stack.fields(strokes)
+        owners = np.array([i for i, _ in todo])
+        signed += 0.3 * edge * grain[owners]  # ragged edge
+        for k, (i, _) in enumerate(todo):
+            arclength[k] += np.float32(travel[i])
+            np.minimum(first[i], np.where(signed[k] <= 0, arclength[k], np.inf), out=first[i])
+            travel[i] += strokes[k].length + 1.0
+        owner.extend(owners.tolist())
         signed_parts.append(signed)
         key_parts.append(arclength)
-        short = [i for i in todo if np.count_nonzero(np.isfinite(first[i])) < need]
-        todo = {i: [random_stroke(rngs[i], hw, ww)] for i in short}
+        short = [i for i in sorted(set(owners.tolist())) if np.count_nonzero(np.isfinite(first[i])) < need]
+        todo = [(i, int(used[i])) for i in short if used[i] < MAX_STROKES]
+        used[[i for i, _ in todo]] += 1
 
-    signed = np.concatenate(signed_parts) if signed_parts else np.zeros((0, hw, ww), np.float32)
-    keys = np.concatenate(key_parts) if key_parts else np.zeros((0, hw, ww), np.float32)
     owner_arr = np.asarray(owner, dtype=np.int64)
+    order = np.argsort(owner_arr, kind="stable")
+    signed = np.concatenate(signed_parts)[order]
+    keys = np.concatenate(key_parts)[order]
+    starts = np.searchsorted(owner_arr[order], np.arange(n))  # every tile has at least one stroke
     cuts = np.array([_cut(first[i].ravel(), int(round(targets[i] * hw * ww))) for i in range(n)], np.float32)
     across = np.clip(0.5 - signed / edge, 0.0, 1.0)
-    along = np.clip(0.5 + (cuts[owner_arr][:, None, None] - keys) / edge, 0.0, 1.0)
+    along = np.clip(0.5 + (cuts[owner_arr[order]][:, None, None] - keys) / edge, 0.0, 1.0)
     m = np.minimum(across, along)
-    optical = np.zeros((n, hw, ww), np.float32)
-    density = np.zeros((n, hw, ww), np.float32)
-    np.add.at(optical, owner_arr, m)
-    np.maximum.at(density, owner_arr, m)
+    density = np.maximum.reduceat(m, starts, axis=0)
+    optical = np.add.reduceat(m, starts, axis=0)
     texture = np.clip(1.0 + 0.22 * mottle + 0.12 * grain, 0.3, 1.6)
     optical *= texture * strength[:, None, None]
     return _InkWork(optical[:, None] * directions[:, :, None, None], density, colours, targets)
 
 
-def _initial_strokes(rng: np.random.Generator, height: int, width: int, area: float) -> list[Stroke]:
-    """Strokes until their summed area inside the grid (overlaps ignored) reaches `area`."""
-    strokes: list[Stroke] = []
-    inked = 0.0
-    while inked < area and len(strokes) < MAX_STROKES:
-        strokes.append(random_stroke(rng, height, width))
-        inked += strokes[-1].inked_area(height, width)
-    return strokes
-
-
 # --------------------------------------------------------------------------- public
 
 
+def _bilinear_matrix(out_size: int, in_size: int) -> np.ndarray:
+    """(out, in) weights of bilinear resizing with half-pixel centres (F.interpolate, align_corners=False)."""
+    src = np.maximum((np.arange(out_size) + 0.5) * (in_size / out_size) - 0.5, 0.0)
+    lo = np.minimum(np.floor(src).astype(np.int64), in_size - 1)
+    hi = np.minimum(lo + 1, in_size - 1)
+    frac = src - lo
+    weights = np.zeros((out_size, in_size))
+    np.add.at(weights, (np.arange(out_size), lo), 1.0 - frac)
+    np.add.at(weights, (np.arange(out_size), hi), frac)
+    return weights
+
+
 def _upsample(work: torch.Tensor, height: int, width: int) -> torch.Tensor:
-    """Bilinear upsampling of (N, C, h, w) work-grid fields to the tile size."""
+    """Bilinear upsampling of (N, C, h, w) work-grid fields to the tile size, as two matrix products."""
     if work.shape[-2:] == (height, width):
         return work
-    return F.interpolate(work, size=(height, width), mode="bilinear", align_corners=False)
+    rows = torch.as_tensor(_bilinear_matrix(height, work.shape[-2]), dtype=work.dtype, device=work.device)
+    cols = torch.as_tensor(_bilinear_matrix(width, work.shape[-1]).T, dtype=work.dtype, device=work.device)
+    return torch.matmul(rows, torch.matmul(work, cols))
 
 
 def ink_batch(
@@ -208,22 +215,29 @@ def ink_batch(
     dtype: torch.dtype = torch.float32,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Transmittance (N, 3, H, W) and density (N, 1, H, W) of the ink drawn from each seed."""
-    return _tensors(_ink_work(height, width, severity, seeds), height, width, device, dtype)
+    work = _ink_work(height, width, severity, seeds)
+    return _transmittance(work, height, width, device, dtype), _density(work, height, width)
 
 
-def _tensors(
+def _transmittance(
     work: _InkWork, height: int, width: int, device: torch.device | str, dtype: torch.dtype
-) -> tuple[torch.Tensor, torch.Tensor]:
+) -> torch.Tensor:
+    """exp(-optical density) on the work grid, upsampled to the tile."""
     od = torch.from_numpy(work.optical_density).to(device=device, dtype=dtype)
-    density = torch.from_numpy(work.density[:, None]).to(device=device, dtype=dtype)
-    return torch.exp(-_upsample(od, height, width)), _upsample(density, height, width).clamp_(0.0, 1.0)
+    return _upsample(torch.exp(-od), height, width).clamp_(0.0, 1.0)
 
 
-def apply_markup(x: torch.Tensor, severity: float, seeds: Sequence[np.random.SeedSequence]) -> torch.Tensor:
-    """Ink a batch (N, 3, H, W) of [0, 1] images; seeds[i] draws image i's strokes."""
+def _density(work: _InkWork, height: int, width: int) -> torch.Tensor:
+    return _upsample(torch.from_numpy(work.density[:, None]), height, width).clamp_(0.0, 1.0)
+
+
+def apply_markup(
+    x: torch.Tensor, severity: float, seeds: Sequence[np.random.SeedSequence], top: float = 1.0
+) -> torch.Tensor:
+    """Ink a batch (N, 3, H, W) of images in [0, top] in place; seeds[i] draws image i's strokes."""
     _, _, h, w = x.shape
-    transmittance, _ = ink_batch(h, w, severity, seeds, device=x.device, dtype=x.dtype)
-    return (x * transmittance).clamp_(0.0, 1.0)
+    work = _ink_work(h, w, severity, seeds)
+    return x.mul_(_transmittance(work, h, w, x.device, x.dtype)).clamp_(0.0, top)
 
 
 def ink_layer(height: int, width: int, severity: float, seed: int | np.random.SeedSequence | None = None) -> InkLayer:
@@ -232,7 +246,7 @@ def ink_layer(height: int, width: int, severity: float, seed: int | np.random.Se
     if min(height, width) < MIN_SIDE:
         raise InputError(f"markup needs images of at least {MIN_SIDE} x {MIN_SIDE} px; got {height} x {width}")
     work = _ink_work(height, width, s, seed_sequences(seed, 1))
-    transmittance, density = _tensors(work, height, width, "cpu", torch.float32)
+    transmittance, density = _transmittance(work, height, width, "cpu", torch.float32), _density(work, height, width)
     return InkLayer(
         transmittance=transmittance[0].permute(1, 2, 0).numpy(),
         density=density[0, 0].numpy(),

@@ -1,7 +1,10 @@
 """Photometric and resampling corruptions as batched torch operations.
 
-Every function takes and returns a float tensor of shape (N, 3, H, W) with values in [0, 1]
-(contiguous, on any device) and never writes into its input. The formulas follow the
+Every function takes a float work tensor of shape (N, 3, H, W) (contiguous, on any device)
+with values in [0, top] (top = 1 for [0, 1] data, 255 for 8-bit levels) and returns the result;
+the photometric ones work in place on that buffer (the caller owns a copy of the user's data).
+Channels-first keeps each channel a contiguous plane, so per-pixel arithmetic across channels
+vectorises (on CPU it is several times faster than on interleaved channels-last data). The formulas follow the
 reference implementations named in `docs/corruptions.md` (scikit-image HSV conversions,
 scipy.ndimage.gaussian_filter, Pillow BOX/NEAREST resizing) so the tests can compare
 against them directly; the tensors make them run on a whole batch at once, on CPU or GPU.
@@ -20,82 +23,113 @@ BLUR_TRUNCATE = 4.0  # scipy.ndimage.gaussian_filter's default: kernel radius = 
 
 # --------------------------------------------------------------------------- HSV
 
+_TINY = 1e-12
 
-def _value_chroma(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """HSV value (max channel) and chroma (max - min), each (N, 1, H, W)."""
-    v = x.amax(dim=1, keepdim=True)
-    c = v - x.amin(dim=1, keepdim=True)
-    return v, c
+
+def _ch(x: torch.Tensor, i: int) -> torch.Tensor:
+    """Channel i as an (N, 1, H, W) view."""
+    return x[:, i : i + 1]
+
+
+def _max3(x: torch.Tensor) -> torch.Tensor:
+    """Per-pixel maximum over the three channels, (N, 1, H, W): HSV value."""
+    out = torch.maximum(_ch(x, 0), _ch(x, 1))
+    return torch.maximum(out, _ch(x, 2), out=out)
+
+
+def _min3(x: torch.Tensor) -> torch.Tensor:
+    out = torch.minimum(_ch(x, 0), _ch(x, 1))
+    return torch.minimum(out, _ch(x, 2), out=out)
 
 
 def rgb_to_hsv(x: torch.Tensor) -> torch.Tensor:
-    """RGB -> HSV like skimage.color.rgb2hsv (hue in turns, 0 for grey), channels stay on dim 1."""
-    v, c = _value_chroma(x)
-    r, g, b = x[:, 0:1], x[:, 1:2], x[:, 2:3]
-    safe_c = torch.where(c > 0, c, torch.ones_like(c))
-    h = torch.where(
-        b == v,
-        4.0 + (r - g) / safe_c,
-        torch.where(g == v, 2.0 + (b - r) / safe_c, (g - b) / safe_c),
-    )
-    h = torch.remainder(h / 6.0, 1.0)
-    h = torch.where(c > 0, h, torch.zeros_like(h))
-    s = torch.where(v > 0, c / torch.where(v > 0, v, torch.ones_like(v)), torch.zeros_like(v))
+    """RGB in [0, 1] -> HSV like skimage.color.rgb2hsv (hue in turns, 0 for grey), channels on dim 1."""
+    v = _max3(x)
+    c = v - _min3(x)
+    h6 = _hue6(x, v, c)
+    h = torch.where(c > 0, h6 / 6.0, torch.zeros_like(h6))
+    s = c / v.clamp(min=_TINY)
     return torch.cat([h, s, v], dim=1)
-
-
-def _hsv_to_rgb_vc(h: torch.Tensor, v: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
-    """HSV -> RGB from hue (turns), value and chroma (= s * v), all (N, 1, H, W)."""
-    n = torch.tensor([5.0, 3.0, 1.0], dtype=h.dtype, device=h.device).view(1, 3, 1, 1)
-    k = torch.remainder(n + 6.0 * h, 6.0)
-    ramp = torch.minimum(k, 4.0 - k).clamp_(0.0, 1.0)
-    return v - c * ramp
 
 
 def hsv_to_rgb(hsv: torch.Tensor) -> torch.Tensor:
     """HSV (hue in turns) -> RGB like skimage.color.hsv2rgb, channels on dim 1."""
-    h, s, v = hsv[:, 0:1], hsv[:, 1:2], hsv[:, 2:3]
-    return _hsv_to_rgb_vc(h, v, s * v)
+    h, s, v = _ch(hsv, 0), _ch(hsv, 1), _ch(hsv, 2)
+    out = torch.empty_like(hsv)
+    _write_rgb(out, h * 6.0, v, s * v)
+    return out
 
 
-def shift_brightness(x: torch.Tensor, delta: float) -> torch.Tensor:
-    """Add `delta` to HSV value, clipped to 1. With hue and saturation fixed, RGB scales by V'/V."""
-    v = x.amax(dim=1, keepdim=True)
-    v_new = (v + delta).clamp_(0.0, 1.0)
-    positive = v > 0
-    scale = v_new / torch.where(positive, v, torch.ones_like(v))
-    return torch.where(positive, x * scale, v_new.expand_as(x)).clamp_(0.0, 1.0)
+def _hue6(x: torch.Tensor, v: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+    """Hue in sixths of a turn, [0, 6), with skimage's tie order (blue, then green, then red max)."""
+    r, g, b = _ch(x, 0), _ch(x, 1), _ch(x, 2)
+    safe = c.clamp(min=_TINY)
+    h6 = (g - b).div_(safe)
+    h6 = torch.where(g == v, (b - r).div_(safe).add_(2.0), h6)
+    h6 = torch.where(b == v, (r - g).div_(safe).add_(4.0), h6)
+    return h6.remainder_(6.0)
 
 
-def shift_saturation(x: torch.Tensor, delta: float) -> torch.Tensor:
-    """Add `delta` to HSV saturation, clipped to [0, 1]; grey pixels (hue 0) turn towards red as in skimage."""
-    v, c = _value_chroma(x)
-    s = torch.where(v > 0, c / torch.where(v > 0, v, torch.ones_like(v)), torch.zeros_like(v))
-    s_new = (s + delta).clamp_(0.0, 1.0)
-    chromatic = c > 0
-    # rgb = v - s * v * g(h): keep g(h) = (v - rgb) / c, replace s by s_new.
-    ratio = s_new * v / torch.where(chromatic, c, torch.ones_like(c))
-    coloured = v - ratio * (v - x)
-    grey_pattern = torch.tensor([0.0, 1.0, 1.0], dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
-    grey = v - v * s_new * grey_pattern
-    return torch.where(chromatic, coloured, grey).clamp_(0.0, 1.0)
+def _write_rgb(out: torch.Tensor, h6: torch.Tensor, v: torch.Tensor, c: torch.Tensor) -> None:
+    """RGB from hue (sixths), value and chroma into `out`: channel = v - c * clamp(min(k, 4 - k), 0, 1).
+
+    k = (n + h6) mod 6 with n = 5, 3, 1 for R, G, B: the closed form of the HSV hexcone.
+    """
+    for channel, n in enumerate((5.0, 3.0, 1.0)):
+        k = torch.remainder(h6 + n, 6.0)
+        ramp = torch.minimum(k, 4.0 - k).clamp_(0.0, 1.0)
+        torch.addcmul(v, c, ramp, value=-1.0, out=_ch(out, channel))
 
 
-def shift_hue(x: torch.Tensor, delta: float) -> torch.Tensor:
-    """Rotate HSV hue by `delta` turns (wrapping around); saturation and value kept."""
-    hsv = rgb_to_hsv(x)
-    v, c = _value_chroma(x)
-    h = torch.remainder(hsv[:, 0:1] + delta, 1.0)
-    return _hsv_to_rgb_vc(h, v, c).clamp_(0.0, 1.0)
+def shift_brightness(x: torch.Tensor, delta: float, top: float = 1.0) -> torch.Tensor:
+    """Add `delta` (fraction of full scale) to HSV value, clipped; hue and saturation kept. In place.
+
+    With H and S fixed every channel scales by V'/V; black pixels (no hue) become grey V'.
+    `top` is the full-scale value of `x` (1 for [0, 1] data, 255 for 8-bit levels).
+    """
+    v = _max3(x)
+    new_v = (v + delta * top).clamp_(0.0, top)
+    black = v <= 0
+    x.mul_(new_v.div_(v.clamp_(min=_TINY)))
+    if bool(black.any()):
+        x.masked_fill_(black, min(max(delta, 0.0), 1.0) * top)
+    return x.clamp_(0.0, top)
+
+
+def shift_saturation(x: torch.Tensor, delta: float, top: float = 1.0) -> torch.Tensor:
+    """Add `delta` to HSV saturation, clipped to [0, 1]. In place.
+
+    Each channel keeps its position between V and the grey axis: c' = V - (S'/S)(V - c). Grey
+    pixels have hue 0 (red) in skimage, so they become (V, V(1 - S'), V(1 - S')) as there.
+    """
+    v = _max3(x)
+    chroma = v - _min3(x)
+    s = chroma / v.clamp(min=_TINY)
+    ratio = (s + delta).clamp_(0.0, 1.0).div_(s.clamp(min=_TINY))
+    x.sub_(v).mul_(ratio).add_(v)
+    grey = chroma <= 0
+    if bool(grey.any()):
+        gb = x[:, 1:3]
+        gb[grey.expand_as(gb)] = (v * (1.0 - min(max(delta, 0.0), 1.0))).expand_as(gb)[grey.expand_as(gb)]
+    return x.clamp_(0.0, top)
+
+
+def shift_hue(x: torch.Tensor, delta: float, top: float = 1.0) -> torch.Tensor:
+    """Rotate HSV hue by `delta` turns (wrapping around); saturation and value kept. In place."""
+    v = _max3(x)
+    chroma = v - _min3(x)
+    h6 = _hue6(x, v, chroma).add_(6.0 * delta).remainder_(6.0)
+    _write_rgb(x, h6, v, chroma)
+    return x.clamp_(0.0, top)
 
 
 # --------------------------------------------------------------------------- contrast
 
 
-def scale_contrast(x: torch.Tensor, factor: float) -> torch.Tensor:
-    """ImageNet-C contrast: (x - mean) * factor + mean, mean per image and channel, clipped to [0, 1]."""
+def scale_contrast(x: torch.Tensor, factor: float, top: float = 1.0) -> torch.Tensor:
+    """ImageNet-C contrast: (x - mean) * factor + mean, mean per image and channel, clipped. In place."""
     mean = x.mean(dim=(2, 3), keepdim=True)
-    return ((x - mean) * factor + mean).clamp_(0.0, 1.0)
+    return x.mul_(factor).add_(mean.mul_(1.0 - factor)).clamp_(0.0, top)
 
 
 # --------------------------------------------------------------------------- Gaussian blur
@@ -139,16 +173,19 @@ def _blur_rows(planes: torch.Tensor, kernel: torch.Tensor) -> torch.Tensor:
     return out.permute(0, 2, 3, 1).reshape(m, length, cols)
 
 
-def gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
-    """Separable Gaussian blur of each channel, as scipy.ndimage.gaussian_filter(mode='reflect')."""
+def gaussian_blur(x: torch.Tensor, sigma: float, top: float = 1.0) -> torch.Tensor:
+    """Separable Gaussian blur of each channel, as scipy.ndimage.gaussian_filter(mode='reflect').
+
+    The vertical pass treats the W columns of each plane as channels; the horizontal pass does
+    the same on the transposed planes.
+    """
     if blur_radius(sigma) == 0:
         return x.clone()
     n, ch, h, w = x.shape
     kernel = torch.as_tensor(gaussian_kernel(sigma), dtype=x.dtype, device=x.device)
-    planes = x.reshape(n * ch, h, w)
-    vertical = _blur_rows(planes.contiguous(), kernel)  # along H, the W columns as channels
-    horizontal = _blur_rows(vertical.transpose(1, 2).contiguous(), kernel)  # along W
-    return horizontal.transpose(1, 2).reshape(n, ch, h, w).clamp_(0.0, 1.0)
+    vertical = _blur_rows(x.reshape(n * ch, h, w), kernel)
+    horizontal = _blur_rows(vertical.transpose(1, 2).contiguous(), kernel)
+    return horizontal.transpose(1, 2).reshape(n, ch, h, w).clamp_(0.0, top)
 
 
 # --------------------------------------------------------------------------- resolution
@@ -181,20 +218,32 @@ def box_bounds(in_size: int, out_size: int) -> tuple[np.ndarray, np.ndarray]:
     return first, last
 
 
+def _take(x: torch.Tensor, index: np.ndarray, dim: int) -> torch.Tensor:
+    """x gathered at `index` along `dim` (rows: index_select; the last dim: gather, faster there)."""
+    idx = torch.as_tensor(index, device=x.device)
+    if dim != x.dim() - 1:
+        return x.index_select(dim, idx)
+    shape = list(x.shape)
+    shape[-1] = len(index)
+    return torch.gather(x, dim, idx.expand(shape))
+
+
 def _box_down(x: torch.Tensor, out_size: int, dim: int) -> torch.Tensor:
-    """Pillow BOX downscale of `x` along `dim` via a cumulative sum (exact run means)."""
-    in_size = x.shape[dim]
-    first, last = box_bounds(in_size, out_size)
-    csum = torch.cumsum(x, dim=dim)
-    zero_shape = list(x.shape)
-    zero_shape[dim] = 1
-    csum = torch.cat([torch.zeros(zero_shape, dtype=x.dtype, device=x.device), csum], dim=dim)
-    lo = torch.as_tensor(first, device=x.device)
-    hi = torch.as_tensor(last, device=x.device)
-    count_shape = [1] * x.dim()
-    count_shape[dim] = out_size
-    count = torch.as_tensor(last - first, dtype=x.dtype, device=x.device).view(count_shape)
-    return (csum.index_select(dim, hi) - csum.index_select(dim, lo)) / count
+    """Pillow BOX downscale along `dim`: each output is the mean of a run of 1..k input pixels.
+
+    Computed as k weighted gathers (k = the longest run, about 1 / factor), no dense matrix.
+    """
+    first, last = box_bounds(x.shape[dim], out_size)
+    count = last - first
+    shape = [1] * x.dim()
+    shape[dim] = out_size
+    out = None
+    for k in range(int(count.max())):
+        weight = torch.as_tensor(np.where(k < count, 1.0 / count, 0.0), dtype=x.dtype, device=x.device)
+        term = _take(x, np.minimum(first + k, last - 1), dim).mul_(weight.view(shape))
+        out = term if out is None else out.add_(term)
+    assert out is not None
+    return out
 
 
 def nearest_index(in_size: int, out_size: int) -> np.ndarray:
@@ -210,12 +259,14 @@ def nearest_index(in_size: int, out_size: int) -> np.ndarray:
     return np.clip(idx, 0, in_size - 1)
 
 
-def _quantize(x: torch.Tensor) -> torch.Tensor:
-    """Round to the 256 levels of an 8-bit image (Pillow keeps uint8 between resampling passes)."""
-    return torch.floor(x * 255.0 + (0.5 + 1e-3)) / 255.0  # Pillow rounds halves up; 1e-3 absorbs float error
+def _quantize(x: torch.Tensor, top: float) -> torch.Tensor:
+    """Round to the 256 levels of an 8-bit image in place (Pillow keeps uint8 between passes)."""
+    if top == 255.0:
+        return x.add_(0.5 + 1e-3).floor_()  # Pillow rounds halves up; 1e-3 absorbs float error
+    return x.mul_(255.0 / top).add_(0.5 + 1e-3).floor_().mul_(top / 255.0)
 
 
-def pixelate(x: torch.Tensor, factor: float, quantize: bool = True) -> torch.Tensor:
+def pixelate(x: torch.Tensor, factor: float, top: float = 1.0, quantize: bool = True) -> torch.Tensor:
     """BOX downscale by `factor` then NEAREST upscale to the input size, like Pillow (ImageNet-C pixelate).
 
     `quantize` rounds to 8-bit levels after each BOX pass, as Pillow does for uint8 images.
@@ -227,10 +278,9 @@ def pixelate(x: torch.Tensor, factor: float, quantize: bool = True) -> torch.Ten
     out = x
     if small_w != w:  # Pillow resamples horizontally first
         out = _box_down(out, small_w, dim=3)
-        out = _quantize(out) if quantize else out
+        out = _quantize(out, top) if quantize else out
     if small_h != h:
         out = _box_down(out, small_h, dim=2)
-        out = _quantize(out) if quantize else out
-    rows = torch.as_tensor(nearest_index(small_h, h), device=x.device)
-    cols = torch.as_tensor(nearest_index(small_w, w), device=x.device)
-    return out.index_select(2, rows).index_select(3, cols).clamp_(0.0, 1.0)
+        out = _quantize(out, top) if quantize else out
+    out = _take(out, nearest_index(small_h, h), dim=2)
+    return _take(out, nearest_index(small_w, w), dim=3).clamp_(0.0, top)

@@ -16,7 +16,10 @@ import numpy as np
 from scipy import ndimage as ndi
 
 STEP = 0.5  # arc-length step between centre-line samples, in work pixels
-MAX_HALF_WIDTH = 0.11 * 1.12  # largest half width, as a fraction of the tile's short side
+HALF_WIDTH = (0.07, 0.13)  # range of a stroke's half width, as a fraction of the tile's short side
+WOBBLE = 0.12  # relative variation of the half width along a stroke
+MAX_HALF_WIDTH = HALF_WIDTH[1] * (1 + WOBBLE)
+LENGTH = (0.9, 1.6)  # range of a stroke's length, in tile short sides
 
 
 @dataclass(frozen=True)
@@ -30,44 +33,43 @@ class Stroke:
     def length(self) -> float:
         return len(self.points) * STEP
 
-    def inked_area(self, height: int, width: int) -> float:
-        """Area the stroke covers inside the grid, ignoring its own overlaps and end caps."""
-        p = self.points
-        inside = (p[:, 0] >= 0) & (p[:, 0] < height) & (p[:, 1] >= 0) & (p[:, 1] < width)
-        return float(np.sum(2.0 * self.radius[inside])) * STEP
 
+def candidate_strokes(rng: np.random.Generator, height: int, width: int, count: int) -> tuple[list[Stroke], np.ndarray]:
+    """`count` smooth strokes entering the grid from random border points, and their inked areas.
 
-def random_stroke(rng: np.random.Generator, height: int, width: int) -> Stroke:
-    """A smooth stroke entering the grid from a random border point.
-
-    Half width 6-11 % of the short side (a felt-tip marker is wide at 20x), length 0.9-1.6
-    sides, heading turning smoothly (a linear drift plus three Fourier components).
+    Half width 7-13 % of the short side (a felt-tip marker is wide at 20x), length 0.9-1.6
+    sides, heading turning smoothly (a linear drift plus three Fourier components), width
+    wobbling by +-12 %. The area is the part inside the grid, overlaps and end caps ignored.
+    All parameters are drawn at once, so the strokes depend only on the generator's state.
     """
     side = min(height, width)
-    radius0 = rng.uniform(0.06, 0.11) * side
-    length = rng.uniform(0.9, 1.6) * side
-    edge = rng.integers(4)
-    t = rng.uniform(0.1, 0.9)
-    start, normal = (
-        ((0.0, t * width), math.pi / 2),  # top edge, heading down
-        ((float(height), t * width), -math.pi / 2),  # bottom, heading up
-        ((t * height, 0.0), 0.0),  # left, heading right
-        ((t * height, float(width)), math.pi),  # right, heading left
-    )[edge]
-    heading0 = normal + rng.uniform(-0.9, 0.9)
-    turn = rng.normal(0.0, 1.0)  # total turning over the stroke, radians
-    amps = rng.normal(0.0, 1.0, 3) * np.array([0.35, 0.18, 0.1])
-    phases = rng.uniform(0.0, 2 * math.pi, 3)
-    wobble_phase, wobble_freq = rng.uniform(0.0, 2 * math.pi), rng.uniform(0.5, 2.0)
+    radius0 = rng.uniform(*HALF_WIDTH, count) * side
+    length = rng.uniform(*LENGTH, count) * side
+    edge = rng.integers(0, 4, count)
+    t = rng.uniform(0.1, 0.9, count)
+    heading0 = np.array([math.pi / 2, -math.pi / 2, 0.0, math.pi])[edge] + rng.uniform(-0.9, 0.9, count)
+    start_y = np.choose(edge, [np.zeros(count), np.full(count, float(height)), t * height, t * height])
+    start_x = np.choose(edge, [t * width, t * width, np.zeros(count), np.full(count, float(width))])
+    turn = rng.normal(0.0, 1.0, count)  # total turning over the stroke, radians
+    amps = rng.normal(0.0, 1.0, (count, 3)) * np.array([0.35, 0.18, 0.1])
+    phases = rng.uniform(0.0, 2 * math.pi, (count, 3))
+    wobble_phase = rng.uniform(0.0, 2 * math.pi, count)
+    wobble_freq = rng.uniform(0.5, 2.0, count)
 
-    u = np.arange(0.0, length, STEP) / length
-    k = np.arange(1, 4)[:, None]
-    wiggle = (amps[:, None] * (np.sin(2 * math.pi * k * u + phases[:, None]) - np.sin(phases[:, None]))).sum(0)
-    heading = heading0 + turn * u + wiggle
-    steps = STEP * np.stack([np.sin(heading), np.cos(heading)], axis=1)
-    points = np.asarray(start) + np.cumsum(steps, axis=0) - steps[0]
-    radius = radius0 * (1.0 + 0.12 * np.sin(2 * math.pi * wobble_freq * u + wobble_phase))
-    return Stroke(points, radius)
+    samples = np.ceil(length / STEP).astype(np.int64)
+    s = np.arange(int(samples.max()))[None, :] * STEP  # (1, L)
+    u = s / length[:, None]  # (count, L), > 1 past each stroke's end (trimmed below)
+    k = np.arange(1, 4)[None, :, None]
+    wiggle = (amps[:, :, None] * (np.sin(2 * math.pi * k * u[:, None] + phases[:, :, None]) - np.sin(phases[:, :, None]))).sum(1)
+    heading = heading0[:, None] + turn[:, None] * u + wiggle
+    steps = STEP * np.stack([np.sin(heading), np.cos(heading)], axis=-1)  # (count, L, 2)
+    points = np.cumsum(steps, axis=1) - steps[:, :1] + np.stack([start_y, start_x], axis=-1)[:, None]
+    radius = radius0[:, None] * (1.0 + WOBBLE * np.sin(2 * math.pi * wobble_freq[:, None] * u + wobble_phase[:, None]))
+    valid = np.arange(points.shape[1])[None, :] < samples[:, None]
+    inside = valid & (points[..., 0] >= 0) & (points[..., 0] < height) & (points[..., 1] >= 0) & (points[..., 1] < width)
+    area = (2.0 * radius * inside).sum(axis=1) * STEP
+    strokes = [Stroke(points[i, : samples[i]], radius[i, : samples[i]]) for i in range(count)]
+    return strokes, area
 
 
 class SlotStack:
@@ -89,31 +91,34 @@ class SlotStack:
         padded slot get +inf distance.
         """
         n = len(strokes)
+        shape = (n, self.height, self.width)
+        if n == 0:
+            return np.zeros(shape, np.float32), np.zeros(shape, np.float32)
+        points = np.concatenate([s.points for s in strokes])
+        radius = np.concatenate([s.radius for s in strokes])
+        sizes = np.array([len(s.points) for s in strokes])
+        slot_of = np.repeat(np.arange(n), sizes)
+        arclength = (np.arange(len(points)) - np.repeat(np.cumsum(sizes) - sizes, sizes)) * STEP
+        iy = np.floor(points[:, 0] + self.pad).astype(np.int64)
+        ix = np.floor(points[:, 1] + self.pad).astype(np.int64)
+        ok = np.flatnonzero((iy >= 0) & (iy < self.slot_h) & (ix >= 0) & (ix < self.slot_w))
         empty = np.iinfo(np.int64).max
         ids = np.full((n * self.slot_h, self.slot_w), empty, dtype=np.int64)
-        offsets = np.cumsum([0] + [len(s.points) for s in strokes])
-        for i, s in enumerate(strokes):
-            iy = np.floor(s.points[:, 0] + self.pad).astype(np.int64)
-            ix = np.floor(s.points[:, 1] + self.pad).astype(np.int64)
-            ok = np.flatnonzero((iy >= 0) & (iy < self.slot_h) & (ix >= 0) & (ix < self.slot_w))
-            np.minimum.at(ids, (iy[ok] + i * self.slot_h, ix[ok]), ok + offsets[i])
-        shape = (n, self.height, self.width)
-        if n == 0 or not np.any(ids != empty):
+        if ok.size == 0:
             return np.full(shape, np.inf, np.float32), np.zeros(shape, np.float32)
+        flat = (iy[ok] + slot_of[ok] * self.slot_h) * self.slot_w + ix[ok]
+        cells, first = np.unique(flat, return_index=True)  # earliest sample in each centre-line pixel
+        ids.flat[cells] = ok[first]
         _, (ny, nx) = ndi.distance_transform_edt(ids == empty, return_indices=True)
         crop = (slice(None), slice(self.pad, self.pad + self.height), slice(self.pad, self.pad + self.width))
         nearest = ids[ny.reshape(n, self.slot_h, -1)[crop], nx.reshape(n, self.slot_h, -1)[crop]]
-        points = np.concatenate([s.points for s in strokes])
-        radius = np.concatenate([s.radius for s in strokes])
-        arclength = np.concatenate([np.arange(len(s.points)) * STEP for s in strokes])
-        slot_of = np.repeat(np.arange(n), np.diff(offsets))
         # a slot without centre-line pixels borrows a neighbour's nearest sample: mark it far away
         foreign = slot_of[nearest] != np.arange(n)[:, None, None]
-        rows = np.arange(self.height)[None, :, None] + 0.5
-        cols = np.arange(self.width)[None, None, :] + 0.5
         centre = points[nearest]
-        distance = np.hypot(rows - centre[..., 0], cols - centre[..., 1])
-        signed = np.where(foreign, np.inf, distance - radius[nearest])
+        dy = (np.arange(self.height)[None, :, None] + 0.5) - centre[..., 0]
+        dx = (np.arange(self.width)[None, None, :] + 0.5) - centre[..., 1]
+        signed = np.sqrt(dy * dy + dx * dx) - radius[nearest]
+        signed[foreign] = np.inf
         return signed.astype(np.float32), arclength[nearest].astype(np.float32)
 
 
