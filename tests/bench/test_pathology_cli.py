@@ -84,3 +84,17 @@ def test_retrieve_command_refuses_k_beyond_the_gallery(tile_root: Path, tmp_path
     assert code == 2
     assert "k=13 is larger than the gallery: it has 12 items" in capsys.readouterr().err
     assert not (tmp_path / "h.csv").exists()
+
+
+def test_retrieve_refuses_an_index_of_another_model(tile_root: Path, tmp_path: Path,
+                                                    capsys: pytest.CaptureFixture) -> None:
+    from napari_clipmed.retrieval import EmbeddingIndex
+
+    rng = np.random.default_rng(0)
+    EmbeddingIndex(rng.normal(size=(30, 64)), model_id="plip:0123456789abcdef").save(tmp_path / "plip.npz")
+    code = main(["retrieve", "--gallery", str(tmp_path / "plip.npz"), "--query", str(tile_root / "cmu_skin"),
+                 "--model", "tiny-random", "--k", "3", "--out", str(tmp_path / "h.csv"), "--quiet"])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "come from model 'tiny-random:" in err and "'plip:0123456789abcdef'" in err
+    assert not (tmp_path / "h.csv").exists()

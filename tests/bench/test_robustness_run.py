@@ -80,7 +80,9 @@ def test_end_to_end_resume_and_reference_values(tile_root: Path, tmp_path: Path)
     assert (out / PARTIAL).is_file() and not (out / "results.csv").exists() and not (out / "summary.md").exists()
     assert json.loads((out / "run.json").read_text())["status"] == "running"
 
-    result = run_robustness(ts, _config(out))
+    steps = []
+    result = run_robustness(ts, _config(out), on_progress=steps.append)
+    assert any("(24 cached)" in step.message for step in steps)  # clean embeddings come from the cache
     first = [("tiny-random", "blur", 0), ("tiny-random", "brightness", 0), ("tiny-random", "brightness", 1)]
     assert result.reused == first
     assert result.computed == [("tiny-random", "brightness", 2), ("tiny-random", "blur", 1), ("tiny-random", "blur", 2)]

@@ -39,7 +39,7 @@ from napari_clipmed.bench.tasks import (
 from napari_clipmed.datasets import TileSet
 from napari_clipmed.errors import InputError
 from napari_clipmed.metrics import retrieval_metrics
-from napari_clipmed.progress import Progress, ProgressGenerator, run_generator
+from napari_clipmed.progress import Progress, ProgressCallback, ProgressGenerator, run_generator
 from napari_clipmed.retrieval import EmbeddingIndex
 
 if TYPE_CHECKING:
@@ -237,6 +237,9 @@ def iter_run_robustness(tileset: TileSet, config: RobustnessConfig) -> ProgressG
     n_sev = [s for s in cfg.severities if s > 0]
     total = 1 + len(cfg.models) * (1 + len(cfg.corruptions) * len(n_sev))
     done = 0
+    # models first: a missing checkpoint fails before any long work
+    models = {name: load_model(name, weights_dir=cfg.weights_dir, device=cfg.device) for name in cfg.models}
+    identities = {name: model_identity(m) for name, m in models.items()}
 
     loaded: LoadedTiles = yield from _relay(iter_load_tiles(tileset), 0, total, "reading tiles")
     tiles = loaded.tileset
@@ -251,7 +254,10 @@ def iter_run_robustness(tileset: TileSet, config: RobustnessConfig) -> ProgressG
     expected = metric_names(cfg.ks)
     fingerprint = _fingerprint(cfg, tiles, repr(prompts))
     run_path = out / "run.json"
-    previous = json.loads(run_path.read_text()) if run_path.is_file() else {}
+    try:
+        previous = json.loads(run_path.read_text()) if run_path.is_file() else {}
+    except (OSError, ValueError):
+        previous = {}
     rows = _read_rows(out / PARTIAL) + _read_rows(out / RESULTS)
     if rows and previous.get("fingerprint") != fingerprint:
         raise InputError(
@@ -259,10 +265,7 @@ def iter_run_robustness(tileset: TileSet, config: RobustnessConfig) -> ProgressG
             "choose another output folder or delete its results"
         )
 
-    # models first: a missing checkpoint fails before any long work
     cache = EmbeddingCache(cfg.cache_dir) if cfg.use_cache else None
-    models = {name: load_model(name, weights_dir=cfg.weights_dir, device=cfg.device) for name in cfg.models}
-    identities = {name: model_identity(m) for name, m in models.items()}
     old_ids = previous.get("models", {})
     finished = {k: v for k, v in _complete_conditions(rows, expected).items()
                 if k[0] in identities and old_ids.get(k[0]) == identities[k[0]]}
@@ -358,6 +361,8 @@ def _finish(out: Path, cfg: RobustnessConfig, info: dict, failed: list, computed
     return RobustnessResult(frame, files, computed, reused, list(failed))
 
 
-def run_robustness(tileset: TileSet, config: RobustnessConfig, on_progress=None) -> RobustnessResult:
+def run_robustness(
+    tileset: TileSet, config: RobustnessConfig, on_progress: ProgressCallback | None = None
+) -> RobustnessResult:
     """Plain-call twin of `iter_run_robustness`."""
     return run_generator(iter_run_robustness(tileset, config), on_progress)
