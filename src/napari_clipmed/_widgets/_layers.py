@@ -10,7 +10,7 @@ exactly on its voxels; the montage is placed to the right of the volume, scaled 
 
 from __future__ import annotations
 
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -24,6 +24,28 @@ if TYPE_CHECKING:
 # Montage-level class sets offered in the widget: display name -> preset key in ct.ild.ILD_CLASS_PRESETS
 CLASS_SET_NAMES: dict[str, str] = {"ILD vs no ILD": "ild", "UIP vs other": "uip"}
 BOX_COLOUR = "#FFB000"  # amber: visible on grey CT in any window
+
+
+@dataclass(frozen=True)
+class VolumeGeometry:
+    """What the output layers need of the source layer, read once on the GUI thread (a snapshot)."""
+
+    name: str
+    scale: tuple[float, float, float]
+    translate: tuple[float, float, float]
+    shape: tuple[int, int, int]
+
+    @classmethod
+    def of(cls, layer: Any) -> VolumeGeometry:
+        if isinstance(layer, cls):
+            return layer
+        data = layer.data[0] if getattr(layer, "multiscale", False) else layer.data
+        return cls(
+            name=str(layer.name),
+            scale=tuple(float(v) for v in np.asarray(layer.scale)[-3:]),  # type: ignore[arg-type]
+            translate=tuple(float(v) for v in np.asarray(layer.translate)[-3:]),  # type: ignore[arg-type]
+            shape=tuple(int(n) for n in data.shape[-3:]),  # type: ignore[arg-type]
+        )
 
 
 # --- inputs ---------------------------------------------------------------------------------------
@@ -130,6 +152,7 @@ def patch_boxes(result: CTMontageResult, source: Any, name: str | None = None) -
     """
     from napari_clipmed.ct.patches import AXES
 
+    geom = VolumeGeometry.of(source)
     frame = patch_table(result)
     rects = []
     for axis, sl, row, col, h, w in zip(frame["axis"], frame["slice"], frame["row"], frame["col"],
@@ -143,17 +166,17 @@ def patch_boxes(result: CTMontageResult, source: Any, name: str | None = None) -
         verts[:, in_plane] = np.asarray(corners, dtype=float)
         rects.append(verts)
     kwargs: dict[str, Any] = {
-        "name": name or f"{source.name} ILD patches",
+        "name": name or f"{geom.name} ILD patches",
         "shape_type": "rectangle",
         "features": frame,
         "face_color": "transparent",
         "edge_color": BOX_COLOUR,
         "edge_width": max(1.0, float(np.median(frame["width_px"])) / 16.0) if len(frame) else 1.0,
         "text": {"string": "{label}", "size": 9, "color": BOX_COLOUR, "anchor": "upper_left"},
-        "scale": tuple(float(s) for s in np.asarray(source.scale)[-3:]),
-        "translate": tuple(float(t) for t in np.asarray(source.translate)[-3:]),
+        "scale": geom.scale,
+        "translate": geom.translate,
         "metadata": {"probabilities": dict(result.probabilities), "prediction": result.prediction,
-                     "source_layer": source.name, "model": result.model_name},
+                     "source_layer": geom.name, "model": result.model_name},
     }
     return rects, kwargs
 
@@ -164,15 +187,16 @@ def montage_image(result: CTMontageResult, source: Any, name: str | None = None)
     metadata: `probabilities` and `prediction` (montage-level classes), `cells` (the patch table),
     `montage` (the core `Montage`, for `cell_at`), `source_layer`, `config`.
     """
+    geom = VolumeGeometry.of(source)
     image = result.montage.image
-    scale3 = np.asarray(source.scale, dtype=float)[-3:]
-    translate3 = np.asarray(source.translate, dtype=float)[-3:]
-    shape3 = np.asarray(source.data.shape[-3:], dtype=float)
+    scale3 = np.asarray(geom.scale, dtype=float)
+    translate3 = np.asarray(geom.translate, dtype=float)
+    shape3 = np.asarray(geom.shape, dtype=float)
     height_world = shape3[1] * scale3[1]
     s = float(height_world / image.shape[0])
     left = translate3[2] + shape3[2] * scale3[2] + 0.05 * height_world
     kwargs: dict[str, Any] = {
-        "name": name or f"{source.name} ILD montage",
+        "name": name or f"{geom.name} ILD montage",
         "rgb": True,
         "scale": (s, s),
         "translate": (float(translate3[1] - 0.5 * scale3[1]), float(left)),
@@ -181,7 +205,7 @@ def montage_image(result: CTMontageResult, source: Any, name: str | None = None)
             "prediction": result.prediction,
             "cells": patch_table(result),
             "montage": result.montage,
-            "source_layer": source.name,
+            "source_layer": geom.name,
             "model": result.model_name,
             "config": result.config.to_dict(),
         },
@@ -194,12 +218,25 @@ def probability_table(result: CTMontageResult) -> list[tuple[str, float]]:
     return sorted(result.probabilities.items(), key=lambda kv: -kv[1])
 
 
-def add_montage_layers(viewer: Any, result: CTMontageResult, source: Any) -> tuple[Any, Any]:
-    """Add the patch boxes (Shapes) and the montage (Image) for `result` of `source`; returns both layers."""
+def montage_layers(result: CTMontageResult, source: Any) -> tuple[Any, Any]:
+    """The patch boxes (Shapes) and montage (Image) as napari layer objects, not yet in a viewer.
+
+    Building them (tables, triangulated rectangles, text) is the slow part, so the widget does it
+    in its worker; only adding them to the viewer happens on the GUI thread.
+    """
+    from napari.layers import Image, Shapes
+
     data, kwargs = patch_boxes(result, source)
     image, image_kwargs = montage_image(result, source)
-    montage = viewer.add_image(image, **image_kwargs)
-    boxes = viewer.add_shapes(data, **kwargs)
+    return Shapes(data, **kwargs), Image(image, **image_kwargs)
+
+
+def add_montage_layers(viewer: Any, result: CTMontageResult, source: Any,
+                       layers: tuple[Any, Any] | None = None) -> tuple[Any, Any]:
+    """Add the patch boxes and the montage for `result` of `source` (built now unless `layers` are given)."""
+    boxes, montage = layers if layers is not None else montage_layers(result, source)
+    viewer.add_layer(montage)
+    viewer.add_layer(boxes)
     return boxes, montage
 
 

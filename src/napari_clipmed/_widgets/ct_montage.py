@@ -144,11 +144,16 @@ class CTMontageWidget(ClipmedWidget):
             self.fail(str(err))
             return None
 
-        def show(result: CTMontageResult) -> None:
-            self.show_result(result, layer)
+        geometry = _layers.VolumeGeometry.of(layer)
 
-        return self.run_job(lambda: iter_run_ct_montage(volume, model, config, mask), show,
-                            description=f"scoring lung patches of {layer.name} ...")
+        def job() -> Any:
+            result = yield from iter_run_ct_montage(volume, model, config, mask)
+            return result, _layers.montage_layers(result, geometry)  # built off the GUI thread
+
+        def show(out: tuple[CTMontageResult, tuple[Any, Any]]) -> None:
+            self.show_result(out[0], layer, out[1])
+
+        return self.run_job(job, show, description=f"scoring lung patches of {layer.name} ...")
 
     def _mask_for(self, shape: tuple[int, ...]) -> Any:
         import numpy as np
@@ -162,10 +167,10 @@ class CTMontageWidget(ClipmedWidget):
         return data != 0
 
     # --- results -----------------------------------------------------------------------------------
-    def show_result(self, result: CTMontageResult, source: Any) -> None:
-        """Add the layers and fill the tables (GUI thread)."""
-        self.result, self._source = result, source
-        self.boxes_layer, self.montage_layer = _layers.add_montage_layers(self.viewer, result, source)
+    def show_result(self, result: CTMontageResult, source: Any, layers: tuple[Any, Any] | None = None) -> None:
+        """Add the layers (built in the worker when given) and fill the tables (GUI thread)."""
+        self.result, self._source = result, _layers.VolumeGeometry.of(source)
+        self.boxes_layer, self.montage_layer = _layers.add_montage_layers(self.viewer, result, source, layers)
         self.montage_layer.mouse_drag_callbacks.append(self._on_montage_click)
         self._table_frame = self.boxes_layer.features
         self._fill_tables(result)
