@@ -79,10 +79,17 @@ def coverage_range(severity: float) -> tuple[float, float]:
     return (a[0] + frac * (b[0] - a[0]), a[1] + frac * (b[1] - a[1]))
 
 
-def seed_sequences(seed: int | np.random.SeedSequence | None, n: int) -> list[np.random.SeedSequence]:
-    """One independent seed per image of a batch; image i gets the same ink alone or in a batch."""
+def seed_sequences(seed: int | np.random.SeedSequence | None, n: int, first: int = 0) -> list[np.random.SeedSequence]:
+    """Seeds of images first..first+n-1 of a batch: child i of `seed` (as SeedSequence.spawn would give).
+
+    Image i gets the same ink alone, in a batch, or in any chunk of it; `seed` itself is not
+    changed (unlike `SeedSequence.spawn`), so passing the same SeedSequence twice repeats the ink.
+    """
     root = seed if isinstance(seed, np.random.SeedSequence) else np.random.SeedSequence(seed)
-    return root.spawn(n)
+    return [
+        np.random.SeedSequence(root.entropy, spawn_key=(*root.spawn_key, i), pool_size=root.pool_size)
+        for i in range(first, first + n)
+    ]
 
 
 # --------------------------------------------------------------------------- drawing
@@ -240,12 +247,14 @@ def apply_markup(
     return x.mul_(_transmittance(work, h, w, x.device, x.dtype)).clamp_(0.0, top)
 
 
-def ink_layer(height: int, width: int, severity: float, seed: int | np.random.SeedSequence | None = None) -> InkLayer:
-    """The ink `corrupt(image, "markup", severity, seed)` puts on a single image of this size."""
+def ink_layer(
+    height: int, width: int, severity: float, seed: int | np.random.SeedSequence | None = None, index: int = 0
+) -> InkLayer:
+    """The ink `corrupt(images, "markup", severity, seed)` puts on image `index` of a batch of this size."""
     s = check_severity(severity)
     if min(height, width) < MIN_SIDE:
         raise InputError(f"markup needs images of at least {MIN_SIDE} x {MIN_SIDE} px; got {height} x {width}")
-    work = _ink_work(height, width, s, seed_sequences(seed, 1))
+    work = _ink_work(height, width, s, seed_sequences(seed, 1, first=index))
     transmittance, density = _transmittance(work, height, width, "cpu", torch.float32), _density(work, height, width)
     return InkLayer(
         transmittance=transmittance[0].permute(1, 2, 0).numpy(),
