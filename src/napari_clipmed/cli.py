@@ -21,6 +21,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "napari_clipmed.commands.gui",
     "napari_clipmed.commands.dapt",
     "napari_clipmed.commands.ct",
+    "napari_clipmed.commands.pathology",
 )
 
 
