@@ -36,4 +36,5 @@ def test_tile_command_writes_tiles_and_table(tmp_path: Path, png_image: np.ndarr
     assert len(table) > 0 and (table["tissue_fraction"] >= 0.9).all()
     first = table.iloc[0]
     pixels = np.asarray(Image.open(tmp_path / first["file"]))
-    np.testing.assert_array_equal(pixels, png_image[first["row"] : first["row"] + 256, first["col"] : first["col"] + 256])
+    row, col = int(first["row"]), int(first["col"])
+    np.testing.assert_array_equal(pixels, png_image[row : row + 256, col : col + 256])

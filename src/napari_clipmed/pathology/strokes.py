@@ -60,13 +60,15 @@ def candidate_strokes(rng: np.random.Generator, height: int, width: int, count: 
     s = np.arange(int(samples.max()))[None, :] * STEP  # (1, L)
     u = s / length[:, None]  # (count, L), > 1 past each stroke's end (trimmed below)
     k = np.arange(1, 4)[None, :, None]
-    wiggle = (amps[:, :, None] * (np.sin(2 * math.pi * k * u[:, None] + phases[:, :, None]) - np.sin(phases[:, :, None]))).sum(1)
+    phase = phases[:, :, None]
+    wiggle = (amps[:, :, None] * (np.sin(2 * math.pi * k * u[:, None] + phase) - np.sin(phase))).sum(1)
     heading = heading0[:, None] + turn[:, None] * u + wiggle
     steps = STEP * np.stack([np.sin(heading), np.cos(heading)], axis=-1)  # (count, L, 2)
     points = np.cumsum(steps, axis=1) - steps[:, :1] + np.stack([start_y, start_x], axis=-1)[:, None]
     radius = radius0[:, None] * (1.0 + WOBBLE * np.sin(2 * math.pi * wobble_freq[:, None] * u + wobble_phase[:, None]))
     valid = np.arange(points.shape[1])[None, :] < samples[:, None]
-    inside = valid & (points[..., 0] >= 0) & (points[..., 0] < height) & (points[..., 1] >= 0) & (points[..., 1] < width)
+    y, x = points[..., 0], points[..., 1]
+    inside = valid & (y >= 0) & (y < height) & (x >= 0) & (x < width)
     area = (2.0 * radius * inside).sum(axis=1) * STEP
     strokes = [Stroke(points[i, : samples[i]], radius[i, : samples[i]]) for i in range(count)]
     return strokes, area
