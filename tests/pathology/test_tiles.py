@@ -95,3 +95,13 @@ def test_bad_tiling_requests(png_image: np.ndarray, kwargs: dict, message: str) 
 def test_grayscale_tiling_is_refused() -> None:
     with pytest.raises(InputError, match="RGB"):
         tile_image(np.zeros((64, 64), np.uint8), 32)
+
+
+def test_svs_reads_without_imagecodecs(monkeypatch: pytest.MonkeyPatch, svs_level0: np.ndarray) -> None:
+    import tifffile
+
+    def no_codecs(*args: object, **kwargs: object) -> np.ndarray:
+        raise ValueError("<COMPRESSION.JPEG: 7> requires the 'imagecodecs' package")
+
+    monkeypatch.setattr(tifffile.TiffPageSeries, "asarray", no_codecs)
+    np.testing.assert_array_equal(read_slide_level(SVS), svs_level0)  # Pillow decodes the JPEG tiles

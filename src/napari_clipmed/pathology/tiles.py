@@ -79,18 +79,69 @@ def _read_tiff_level(path: Path, level: int) -> np.ndarray:
             if not 0 <= level < len(levels):
                 shapes = ", ".join(f"{i}: {lv.shape}" for i, lv in enumerate(levels))
                 raise InputError(f"{path.name} has {len(levels)} pyramid level(s) ({shapes}); got level {level}")
-            return levels[level].asarray()
+            try:
+                return levels[level].asarray()
+            except ValueError as err:
+                if "imagecodecs" not in str(err):
+                    raise
+                pages = levels[level].pages
+                if len(pages) == 1 and _pillow_can_decode(pages[0]):
+                    return read_jpeg_page(tif, pages[0])
+                raise InputError(
+                    f"{path.name} is compressed in a way that needs the imagecodecs package "
+                    "(pip install imagecodecs)"
+                ) from err
     except InputError:
         raise
     except ValueError as err:
-        if "imagecodecs" in str(err):
-            raise InputError(
-                f"{path.name} is JPEG/JPEG2000-compressed; decoding it needs the imagecodecs package "
-                "(pip install imagecodecs)"
-            ) from err
         raise InputError(f"cannot read {path.name}: {err}") from err
     except (tifffile.TiffFileError, OSError) as err:
         raise InputError(f"cannot read {path.name} as a TIFF/SVS slide: {err}") from err
+
+
+def _pillow_can_decode(page: object) -> bool:
+    return (
+        getattr(page, "compression", None) == 7  # JPEG
+        and getattr(page, "samplesperpixel", 0) == 3
+        and getattr(page, "planarconfig", 0) == 1
+        and getattr(page, "photometric", None) in (2, 6)  # RGB or YCbCr
+    )
+
+
+def read_jpeg_page(tif: object, page: object) -> np.ndarray:
+    """Decode a JPEG-compressed RGB TIFF page tile by tile with Pillow (when imagecodecs is missing).
+
+    Each tile's JPEG stream is completed with the page's shared tables; Aperio stores RGB
+    samples without the YCbCr transform, so Pillow is told the stream's colour space.
+    """
+    import io
+
+    from PIL import Image
+
+    h, w = page.shape[:2]  # type: ignore[attr-defined]
+    if page.is_tiled:  # type: ignore[attr-defined]
+        th, tw = page.tilelength, page.tilewidth  # type: ignore[attr-defined]
+    else:
+        th, tw = page.rowsperstrip, w  # type: ignore[attr-defined]
+    across = -(-w // tw)
+    tables = page.jpegtables  # type: ignore[attr-defined]
+    out = np.zeros((h, w, 3), dtype=np.uint8)
+    handle = tif.filehandle  # type: ignore[attr-defined]
+    for i, (offset, count) in enumerate(zip(page.dataoffsets, page.databytecounts)):  # type: ignore[attr-defined]
+        if count == 0:
+            continue
+        handle.seek(offset)
+        data = handle.read(count)
+        stream = tables[:-2] + data[2:] if tables else data  # tables' SOI..tables + tile after its SOI
+        with Image.open(io.BytesIO(stream)) as im:
+            if page.photometric == 2:  # type: ignore[attr-defined]
+                codec, extents, start, _ = im.tile[0]
+                im.tile = [(codec, extents, start, ("RGB", "RGB"))]
+            pixels = np.asarray(im.convert("RGB"))
+        y, x = (i // across) * th, (i % across) * tw
+        hh, ww = min(th, h - y), min(tw, w - x)
+        out[y : y + hh, x : x + ww] = pixels[:hh, :ww]
+    return out
 
 
 def _check_rgb(image: np.ndarray) -> None:
