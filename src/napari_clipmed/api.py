@@ -21,6 +21,8 @@ from __future__ import annotations
 import os
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
+
 from napari_clipmed.errors import InputError
 
 if TYPE_CHECKING:
@@ -28,8 +30,10 @@ if TYPE_CHECKING:
 
     from napari_clipmed.ct.pipeline import CTMontageResult
     from napari_clipmed.models.loader import ClipModel
+    from napari_clipmed.retrieval import EmbeddingIndex
+    from napari_clipmed.zeroshot import ZeroShotResult
 
-__all__ = ["load_model", "current_model", "ct_montage"]
+__all__ = ["load_model", "current_model", "ct_montage", "corrupt_layer", "zeroshot_labels", "retrieve"]
 
 
 def load_model(viewer: napari.Viewer, name: str, weights: str | os.PathLike[str] | None = None) -> ClipModel:
@@ -69,8 +73,6 @@ def ct_montage(
     "UIP vs other"), min_lung_fraction, batch_size. `mask` is an optional Labels layer or boolean
     array (non-zero = lung). The source layer is not modified.
     """
-    import numpy as np
-
     from napari_clipmed._widgets import _layers
     from napari_clipmed.ct.pipeline import run_ct_montage
 
@@ -85,3 +87,96 @@ def ct_montage(
     if add_layers:
         _layers.add_montage_layers(viewer, result, source)
     return result
+
+
+# --- pathology ------------------------------------------------------------------------------------
+def corrupt_layer(viewer: napari.Viewer, layer: Any, kind: str, severity: float, seed: int | None = 0) -> Any:
+    """Add a corrupted copy of an RGB image layer (as the corruption explorer's preview); returns the new layer."""
+    from napari_clipmed._widgets import _path_layers as pl
+
+    data, kwargs = pl.corrupted_layer_data(_layer(viewer, layer), kind, severity, seed)
+    return viewer.add_image(data, **kwargs)
+
+
+def zeroshot_labels(
+    viewer: napari.Viewer,
+    layer: Any,
+    classes: Any = None,
+    *,
+    preset: str | None = None,
+    templates: list[str] | None = None,
+    tile_size: int = 224,
+    stride: int | None = None,
+    tissue_only: bool = True,
+    shapes_layer: Any = None,
+) -> ZeroShotResult:
+    """Label tiles of a 2-D image layer (or the rectangles of `shapes_layer`) with the session model.
+
+    Classes come from `preset` (a name from `zeroshot.list_presets()` or a YAML path) or from
+    `classes` (a list of names or a dict name -> synonyms) with optional `templates`. Adds one
+    Shapes layer like the zero-shot widget's; returns the `ZeroShotResult` (one row per box).
+    """
+    from napari_clipmed._widgets import _path_layers as pl
+    from napari_clipmed._widgets.zeroshot_labels import image_tiles
+    from napari_clipmed.progress import run_generator
+    from napari_clipmed.zeroshot import PromptSet, ZeroShotClassifier, iter_classify_images, load_preset
+
+    if (preset is None) == (classes is None):
+        raise InputError("give either classes or a preset (not both)")
+    prompts = load_preset(preset) if preset is not None else PromptSet.from_spec(classes, templates)
+    model = current_model(viewer)
+    source = pl.image_source(_layer(viewer, layer))
+    if shapes_layer is not None:
+        boxes, what = pl.shapes_to_boxes(_layer(viewer, shapes_layer), source), "rectangles"
+    else:
+        boxes, what = image_tiles(source.pixels, int(tile_size), int(stride or tile_size), tissue_only), f"tiles {tile_size}px"
+        if len(boxes) == 0:
+            raise InputError(f"no {tile_size} x {tile_size} tile fits in '{source.name}'; lower the tile size")
+    classifier = ZeroShotClassifier.from_prompts(model, prompts)
+    result = run_generator(iter_classify_images(model, pl.crop_boxes(source.pixels, boxes), classifier))
+    data, kwargs = pl.zeroshot_shapes(boxes, result.classes, result.probabilities, source.geometry,
+                                      name=f"{source.name} labels [{what}]",
+                                      metadata={"source": source.name, "preset": prompts.name,
+                                                "model": getattr(model.spec, "name", "")})
+    viewer.add_shapes(data, **kwargs)
+    return result
+
+
+def retrieve(
+    viewer: napari.Viewer,
+    layer: Any,
+    index: EmbeddingIndex | str | os.PathLike[str],
+    k: int = 8,
+    *,
+    shapes_layer: Any = None,
+) -> Any:
+    """Search `index` (an EmbeddingIndex or a saved .npz) with an image layer, or its last drawn rectangle.
+
+    Adds the hit grid (RGB Image, right of the query image) and its rank/label overlay (Shapes), as
+    the retrieval widget does; returns the hits table (query, rank, path, label, similarity).
+    """
+    from napari_clipmed._widgets import _path_layers as pl
+    from napari_clipmed._widgets._gallery import hits_frame, hits_grid, hits_labels, model_id_of, read_tiles
+    from napari_clipmed.retrieval import EmbeddingIndex
+
+    gallery = index if isinstance(index, EmbeddingIndex) else EmbeddingIndex.load(index)
+    if not 1 <= int(k) <= len(gallery):
+        raise InputError(f"top k must lie in 1..{len(gallery)} (the tiles in the index), got {k}")
+    model = current_model(viewer)
+    source = pl.image_source(_layer(viewer, layer))
+    pixels, name = source.pixels, source.name
+    if shapes_layer is not None:
+        r0, c0, r1, c1 = pl.shapes_to_boxes(_layer(viewer, shapes_layer), source)[-1]
+        pixels, name = pixels[r0:r1, c0:c1], f"{source.name} [{r0}:{r1}, {c0}:{c1}]"
+    model_id = model_id_of(model)
+    hits = gallery.search(model.encode_images([pixels]), int(k), model_id=model_id)
+    frame = hits_frame(hits, name)
+    grid, kwargs = hits_grid(read_tiles(frame["path"].tolist()), frame)
+    geometry = source.geometry
+    right = geometry.to_world(np.array([0.0, source.full_shape[1] * 1.05]))  # as the widget places it
+    kwargs |= {"scale": geometry.scale, "translate": (geometry.translate[0], float(right[1]))}
+    data, label_kwargs = hits_labels(kwargs["metadata"]["hits"], f"{kwargs['name']} labels")
+    label_kwargs |= {"scale": kwargs["scale"], "translate": kwargs["translate"]}
+    viewer.add_image(grid, **kwargs)
+    viewer.add_shapes(data, **label_kwargs)
+    return frame

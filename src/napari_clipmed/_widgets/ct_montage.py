@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from magicgui.widgets import ComboBox, FloatSpinBox, LineEdit, SpinBox
-from qtpy.QtWidgets import QAbstractItemView, QLabel, QPlainTextEdit, QTableWidget, QTableWidgetItem
+from qtpy.QtWidgets import QAbstractItemView, QPlainTextEdit, QTableWidget, QTableWidgetItem, QTabWidget
 
 from napari_clipmed._widgets import _layers
 from napari_clipmed._widgets._base import ClipmedWidget
@@ -79,19 +79,21 @@ class CTMontageWidget(ClipmedWidget):
         self.patch_prompts.setToolTip("one finding per line: 'name' or 'name: phrasing 1; phrasing 2'")
         self.class_prompts = QPlainTextEdit(format_classes(_layers.class_prompts_for("ILD vs no ILD")))
         self.class_prompts.setToolTip("montage classes, one per line: 'name: phrasing 1; phrasing 2'")
-        self.class_prompts.setMaximumHeight(80)
-        layout = self.form.native.layout()
-        for title, box in (("ILD patch prompts", self.patch_prompts), ("montage classes", self.class_prompts)):
-            layout.addWidget(QLabel(title))
-            layout.addWidget(box)
+        self.prompt_tabs = QTabWidget()
+        self.prompt_tabs.addTab(self.patch_prompts, "ILD patch prompts")
+        self.prompt_tabs.addTab(self.class_prompts, "montage classes")
+        self.prompt_tabs.setMaximumHeight(150)
+        self.form.native.layout().addWidget(self.prompt_tabs)
         self.class_set.changed.connect(self._on_class_set)
         self.class_prompts.textChanged.connect(self._on_class_text_edited)
 
         self.prob_table = QTableWidget(0, 2)
         self.prob_table.setHorizontalHeaderLabels(["class", "probability"])
-        self.prob_table.setMaximumHeight(90)
+        self.prob_table.setFixedHeight(84)
+        self.prob_table.horizontalHeader().setStretchLastSection(True)
         self.patch_table = QTableWidget(0, len(PATCH_COLUMNS))
         self.patch_table.setHorizontalHeaderLabels([title for _, title in PATCH_COLUMNS])
+        self.patch_table.setMinimumHeight(220)
         for table in (self.prob_table, self.patch_table):
             table.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
             table.verticalHeader().setVisible(False)
