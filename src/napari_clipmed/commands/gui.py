@@ -70,9 +70,21 @@ def open_viewer(
     """A napari viewer with the samples (and `paths`) open and the widgets docked; optionally a model loading."""
     import napari
 
+    viewer = napari.Viewer(title="napari-clipmed", show=show)
+    return viewer, setup_viewer(viewer, paths, samples=samples, model=model, weights=weights)
+
+
+def setup_viewer(
+    viewer: Any,
+    paths: tuple[str, ...] | list[str] = (),
+    *,
+    samples: bool = True,
+    model: str | None = None,
+    weights: str | None = None,
+) -> dict[str, Any]:
+    """Open the samples and `paths` in `viewer`, dock the widgets, start loading `model`; returns the widgets."""
     from napari_clipmed._widgets._session import ModelChoice, session_for
 
-    viewer = napari.Viewer(title="napari-clipmed", show=show)
     if samples:
         for key in SAMPLES:
             viewer.open_sample("napari-clipmed", key)
@@ -82,7 +94,7 @@ def open_viewer(
     docked = dock_widgets(viewer)
     if model:
         session_for(viewer).load(ModelChoice(model, weights))
-    return viewer, docked
+    return docked
 
 
 def _show_first_layer_only(viewer: Any) -> None:
