@@ -118,6 +118,32 @@ def test_clicking_a_montage_cell_goes_to_its_patch(viewer: Any, qtbot: Any, ct_l
     assert tuple(viewer.dims.current_step) == step
 
 
+def test_own_lung_mask_is_used(viewer: Any, qtbot: Any, ct_layer: Any, ct_crop: Any) -> None:
+    from napari_clipmed.ct.lung import lung_mask
+
+    mask = lung_mask(ct_crop)
+    mask[:, :, mask.shape[2] // 2 :] = False  # keep the patient's right lung (left half of the image) only
+    viewer.add_labels(mask.astype(np.uint8), name="right lung", scale=ct_layer.scale, translate=ct_layer.translate)
+    widget = _widget(viewer)
+    widget.mask.value = viewer.layers["right lung"]
+    _run(qtbot, widget)
+    feats = widget.boxes_layer.features
+    for row in feats.itertuples():  # each chosen patch is mostly inside the given mask
+        inside = mask[row.slice, row.row : row.row + row.height_px, row.col : row.col + row.width_px].mean()
+        assert inside == pytest.approx(row.lung_fraction) and inside >= 0.5
+
+
+def test_plain_array_without_spacing_is_noted(viewer: Any, qtbot: Any, ct_crop: Any) -> None:
+    viewer.add_image(np.array(ct_crop.array), name="no spacing")
+    widget = _widget(viewer)
+    widget.image.value = viewer.layers["no spacing"]
+    worker = widget.run()
+    assert worker is not None
+    assert "assuming 1 mm" in _last_notification()
+    widget.cancel()
+    qtbot.waitUntil(lambda: widget.worker is None, timeout=120_000)
+
+
 def test_cancel_adds_nothing(viewer: Any, qtbot: Any, ct_layer: Any) -> None:
     widget = _widget(viewer)
     worker = widget.run()

@@ -67,7 +67,9 @@ def volume_from_layer(layer: Any) -> CTVolume:
             "(z, y, x) - open the whole series or NIfTI file"
         )
     meta = getattr(layer, "metadata", {}) or {}
-    spacing = tuple(float(s) for s in np.asarray(layer.scale)[-3:])
+    spacing: tuple[float, ...] | None = tuple(float(s) for s in np.asarray(layer.scale)[-3:])
+    if spacing == (1.0, 1.0, 1.0) and "spacing" not in meta:
+        spacing = None  # a plain array: CTVolume notes that 1 mm is assumed
     translate = tuple(float(t) for t in np.asarray(layer.translate)[-3:])
     origin = tuple(meta.get("origin", translate[::-1]))
     direction = tuple(meta.get("direction", IDENTITY_DIRECTION))

@@ -9,14 +9,16 @@ table and a patch table; picking a row, or clicking a montage cell, goes to that
 
 from __future__ import annotations
 
+import warnings
 from typing import TYPE_CHECKING, Any
 
 from magicgui.widgets import ComboBox, FloatSpinBox, LineEdit, SpinBox
 from qtpy.QtWidgets import QAbstractItemView, QPlainTextEdit, QTableWidget, QTableWidgetItem, QTabWidget
 
 from napari_clipmed._widgets import _layers
-from napari_clipmed._widgets._base import ClipmedWidget
+from napari_clipmed._widgets._base import ClipmedWidget, notify_info
 from napari_clipmed._widgets._path_layers import format_classes, parse_classes
+from napari_clipmed.ct.io import CTWarning
 from napari_clipmed.errors import ClipmedError, InputError
 
 if TYPE_CHECKING:
@@ -140,11 +142,15 @@ class CTMontageWidget(ClipmedWidget):
                 raise InputError("open a CT volume first (File > Open, or File > Open Sample > Chest CT)")
             config = self.config()
             model = self.session.require()
-            volume = _layers.volume_from_layer(layer)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", CTWarning)  # shown below as a notification instead
+                volume = _layers.volume_from_layer(layer)
             mask = self._mask_for(volume.shape)
         except ClipmedError as err:
             self.fail(str(err))
             return None
+        for note in volume.notes:
+            notify_info(f"{layer.name}: {note}")
 
         geometry = _layers.VolumeGeometry.of(layer)
 
