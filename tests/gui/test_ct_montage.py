@@ -148,9 +148,8 @@ def test_cancel_adds_nothing(viewer: Any, qtbot: Any, ct_layer: Any) -> None:
     widget = _widget(viewer)
     worker = widget.run()
     assert worker is not None
-    widget.cancel()
-    with qtbot.waitSignal(worker.finished, timeout=120_000):
-        pass
+    with qtbot.waitSignal(worker.finished, timeout=120_000):  # connected before the worker can stop
+        widget.cancel()
     qtbot.waitUntil(lambda: widget.worker is None, timeout=5_000)
     assert [layer.name for layer in viewer.layers] == ["CT"]
     assert widget.result is None and widget.patch_table.rowCount() == 0

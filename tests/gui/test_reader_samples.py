@@ -7,6 +7,9 @@ machinery (`viewer.open(..., plugin=...)`, `viewer.open_sample`).
 
 from __future__ import annotations
 
+import locale
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +38,22 @@ def _sitk_image(arr: np.ndarray) -> sitk.Image:
     return img
 
 
+@contextmanager
+def _locale_kept() -> Iterator[None]:
+    """GDCM's DICOM *writer* leaves the C library locale at "C" (Python then decodes text as ASCII)."""
+    saved = locale.setlocale(locale.LC_ALL)
+    try:
+        yield
+    finally:
+        locale.setlocale(locale.LC_ALL, saved)
+
+
 def _write_dicom_series(arr: np.ndarray, folder: Path) -> list[Path]:
+    with _locale_kept():
+        return _write_dicom_files(arr, folder)
+
+
+def _write_dicom_files(arr: np.ndarray, folder: Path) -> list[Path]:
     folder.mkdir()
     img = _sitk_image(arr)
     writer = sitk.ImageFileWriter()
@@ -90,12 +108,14 @@ def test_ct_files_read_in_hu_with_spacing_and_origin(tmp_path: Path, suffix: str
 def test_dicom_folder_and_single_file_read_the_series(tmp_path: Path) -> None:
     arr = _volume(1)
     files = _write_dicom_series(arr, tmp_path / "series")
+    before = locale.setlocale(locale.LC_ALL)
     for path in (tmp_path / "series", files[1], files[2]):
         reader = _reader.get_reader(str(path))
         assert reader is not None, path
         (layer_data,) = reader(str(path))
         _check_ct_layer(layer_data, arr)
         assert layer_data[1]["name"] == "series"
+    assert locale.setlocale(locale.LC_ALL) == before  # reading leaves the locale alone
 
 
 def test_reader_declines_what_it_does_not_read(tmp_path: Path) -> None:

@@ -78,8 +78,7 @@ def _run_and_probe(qtbot: Any, widget: ClipmedWidget) -> tuple[float, int]:
     probe.start()
     worker = widget.run()
     assert worker is not None, widget.last_error
-    with qtbot.waitSignal(worker.finished, timeout=120_000):
-        pass
+    qtbot.waitUntil(lambda: widget.worker is None, timeout=120_000)  # the base clears it when finished
     assert len(measured) == 1, widget.last_error
     return measured[0], len(probe.ticks)
 
