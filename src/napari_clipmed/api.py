@@ -156,7 +156,14 @@ def retrieve(
     the retrieval widget does; returns the hits table (query, rank, path, label, similarity).
     """
     from napari_clipmed._widgets import _path_layers as pl
-    from napari_clipmed._widgets._gallery import hits_frame, hits_grid, hits_labels, model_id_of, read_tiles
+    from napari_clipmed._widgets._gallery import (
+        hits_frame,
+        hits_grid,
+        model_id_of,
+        placed_hit_layers,
+        query_region,
+        read_tiles,
+    )
     from napari_clipmed.retrieval import EmbeddingIndex
 
     gallery = index if isinstance(index, EmbeddingIndex) else EmbeddingIndex.load(index)
@@ -164,19 +171,11 @@ def retrieve(
         raise InputError(f"top k must lie in 1..{len(gallery)} (the tiles in the index), got {k}")
     model = current_model(viewer)
     source = pl.image_source(_layer(viewer, layer))
-    pixels, name = source.pixels, source.name
-    if shapes_layer is not None:
-        r0, c0, r1, c1 = pl.shapes_to_boxes(_layer(viewer, shapes_layer), source)[-1]
-        pixels, name = pixels[r0:r1, c0:c1], f"{source.name} [{r0}:{r1}, {c0}:{c1}]"
+    pixels, name = query_region(source, None if shapes_layer is None else _layer(viewer, shapes_layer))
     model_id = model_id_of(model)
     hits = gallery.search(model.encode_images([pixels]), int(k), model_id=model_id)
     frame = hits_frame(hits, name)
-    grid, kwargs = hits_grid(read_tiles(frame["path"].tolist()), frame)
-    geometry = source.geometry
-    right = geometry.to_world(np.array([0.0, source.full_shape[1] * 1.05]))  # as the widget places it
-    kwargs |= {"scale": geometry.scale, "translate": (geometry.translate[0], float(right[1]))}
-    data, label_kwargs = hits_labels(kwargs["metadata"]["hits"], f"{kwargs['name']} labels")
-    label_kwargs |= {"scale": kwargs["scale"], "translate": kwargs["translate"]}
+    (grid, kwargs), (labels, label_kwargs) = placed_hit_layers(*hits_grid(read_tiles(frame["path"].tolist()), frame), source)
     viewer.add_image(grid, **kwargs)
-    viewer.add_shapes(data, **label_kwargs)
+    viewer.add_shapes(labels, **label_kwargs)
     return frame

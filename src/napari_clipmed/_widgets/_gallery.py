@@ -234,3 +234,25 @@ def hits_labels(table: pd.DataFrame, name: str) -> tuple[list[np.ndarray], dict[
         "text": {"string": text, "size": 8, "color": "black", "anchor": "upper_left"},
     }
     return boxes_to_rectangles(boxes), kwargs
+
+
+def query_region(source: Any, shapes: Any = None) -> tuple[np.ndarray, str]:
+    """The query pixels: the whole image, or the last rectangle drawn in `shapes` (pixel coords of `source`)."""
+    from napari_clipmed._widgets._path_layers import shapes_to_boxes
+
+    if shapes is None:
+        return source.pixels, source.name
+    r0, c0, r1, c1 = shapes_to_boxes(shapes, source)[-1]
+    return source.pixels[r0:r1, c0:c1], f"{source.name} [{r0}:{r1}, {c0}:{c1}]"
+
+
+def placed_hit_layers(
+    grid: np.ndarray, kwargs: dict[str, Any], source: Any
+) -> tuple[tuple[np.ndarray, dict[str, Any]], tuple[list[np.ndarray], dict[str, Any]]]:
+    """The hit grid and its rank/label overlay, placed to the right of the queried image."""
+    geometry = source.geometry
+    right = geometry.to_world(np.array([0.0, source.full_shape[1] * 1.05]))
+    kwargs = kwargs | {"scale": geometry.scale, "translate": (geometry.translate[0], float(right[1]))}
+    data, label_kwargs = hits_labels(kwargs["metadata"]["hits"], f"{kwargs['name']} labels")
+    label_kwargs |= {"scale": kwargs["scale"], "translate": kwargs["translate"]}
+    return (grid, kwargs), (data, label_kwargs)

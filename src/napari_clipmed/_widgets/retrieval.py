@@ -22,9 +22,10 @@ from napari_clipmed._widgets._gallery import (
     atomic_write_csv,
     hits_frame,
     hits_grid,
-    hits_labels,
     iter_index_folder,
     model_id_of,
+    placed_hit_layers,
+    query_region,
     read_tiles,
 )
 from napari_clipmed.errors import ClipmedError, InputError
@@ -161,12 +162,11 @@ class RetrievalWidget(ClipmedWidget):
             raise InputError("add an image layer to query with")
         source = pl.image_source(layer)
         if self.query_mode.value == WHOLE:
-            return source.pixels, source.name, source
+            return (*query_region(source), source)
         shapes = self.shapes_layer.value
         if shapes is None:
             raise InputError("add a Shapes layer and draw a rectangle to query with")
-        r0, c0, r1, c1 = pl.shapes_to_boxes(shapes, source)[-1]
-        return source.pixels[r0:r1, c0:c1], f"{source.name} [{r0}:{r1}, {c0}:{c1}]", source
+        return (*query_region(source, shapes), source)
 
     def run(self) -> object | None:
         """Embed the query, search the index and show the hits (in a worker)."""
@@ -186,7 +186,6 @@ class RetrievalWidget(ClipmedWidget):
         except ClipmedError as err:
             self.fail(str(err))
             return None
-        geometry = source.geometry
 
         def job():  # runs in the worker thread
             embedding = yield from model.iter_encode_images([pixels])
@@ -199,13 +198,9 @@ class RetrievalWidget(ClipmedWidget):
 
         def show(result: tuple) -> None:
             frame, grid, kwargs = result
-            height, width = source.full_shape
-            right = geometry.to_world(np.array([0.0, width * 1.05]))  # to the right of the queried image
-            kwargs |= {"scale": geometry.scale, "translate": (geometry.translate[0], float(right[1]))}
-            data, label_kwargs = hits_labels(kwargs["metadata"]["hits"], f"{kwargs['name']} labels")
-            label_kwargs |= {"scale": kwargs["scale"], "translate": kwargs["translate"]}
+            (grid, kwargs), (labels, label_kwargs) = placed_hit_layers(grid, kwargs, source)
             self.viewer.add_image(grid, **kwargs)
-            self.viewer.add_shapes(data, **label_kwargs)
+            self.viewer.add_shapes(labels, **label_kwargs)
             self.hits = kwargs["metadata"]["hits"]
             self._fill_table(frame)
 
