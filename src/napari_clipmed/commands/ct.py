@@ -13,30 +13,9 @@ from dataclasses import replace
 from pathlib import Path
 
 from napari_clipmed.errors import InputError
-from napari_clipmed.progress import Progress
+from napari_clipmed.commands._progress import StderrProgress
 
 DEFAULT_MODEL = "openai-vit-b-16"
-
-
-class _Printer:
-    """Progress on stderr: one updating line on a terminal, a line per new stage otherwise."""
-
-    def __init__(self, quiet: bool = False) -> None:
-        self.quiet, self.tty, self.last = quiet, sys.stderr.isatty(), ""
-
-    def __call__(self, step: Progress) -> None:
-        if self.quiet:
-            return
-        stage = step.message.split(":")[0]
-        if self.tty:
-            print(f"\r[{step.done}/{step.total}] {step.message[:90]:<90}", end="", file=sys.stderr, flush=True)
-        elif stage != self.last:
-            print(f"[{step.done}/{step.total}] {step.message}", file=sys.stderr, flush=True)
-        self.last = stage
-
-    def close(self) -> None:
-        if self.tty and not self.quiet:
-            print(file=sys.stderr)
 
 
 def _prompt_table(text: str) -> dict[str, tuple[str, ...]]:
@@ -128,7 +107,7 @@ def _ct_montage(args: argparse.Namespace) -> int:
     cfg = config_from_args(args)
     volume = read_ct(args.volume)  # bad input fails here, before the model loads
     model = model_from_args(args)
-    printer = _Printer(args.quiet)
+    printer = StderrProgress(args.quiet)
     try:
         result = run_generator(iter_run_ct_montage(volume, model, cfg), printer)
     finally:
@@ -149,7 +128,7 @@ def _ct_eval(args: argparse.Namespace) -> int:
     positive = args.positive or next(iter(cfg.class_prompts))
     read_cohort(args.cohort, [positive, *[c for c in cfg.class_prompts if c != positive]])  # check before loading
     model = model_from_args(args)
-    printer = _Printer(args.quiet)
+    printer = StderrProgress(args.quiet)
     case_dir = Path(args.out) / "cases" if args.save_montages else None
     try:
         result = run_generator(iter_evaluate_cohort(args.cohort, model, cfg, positive, args.bootstrap, args.seed,

@@ -8,30 +8,13 @@ same --out folder (unless --no-resume).
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
-from napari_clipmed.progress import Progress
+from napari_clipmed.commands._progress import StderrProgress
 
 
 def _templates(text: str) -> tuple[str, ...]:
     return tuple(t.strip() for t in text.split(";") if t.strip())
-
-
-class _Printer:
-    """Epoch summaries and checkpoints as lines on stderr; per-step progress only on a terminal."""
-
-    def __init__(self, quiet: bool) -> None:
-        self.quiet, self.tty = quiet, sys.stderr.isatty()
-
-    def __call__(self, step: Progress) -> None:
-        if self.quiet:
-            return
-        if ", step " in step.message:
-            if self.tty:
-                print(f"\r[{step.done}/{step.total}] {step.message[:100]:<100}", end="", file=sys.stderr, flush=True)
-            return
-        print(("\r" if self.tty else "") + f"[{step.done}/{step.total}] {step.message}", file=sys.stderr, flush=True)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -88,7 +71,7 @@ def run(args: argparse.Namespace) -> int:
     )
     job = iter_train(args.model, args.manifest, config, args.out, resume=not args.no_resume,
                      weights=args.weights, device=args.device)
-    result = run_generator(job, _Printer(args.quiet))
+    result = run_generator(job, StderrProgress(args.quiet, stage=lambda m: m.split(", step ")[0]))
     print(result.to_frame().to_string(index=False, float_format=lambda v: f"{v:.4f}"))
     print(f"checkpoint: {result.checkpoint}")
     print(f"load it with: --model local --weights {result.checkpoint}")

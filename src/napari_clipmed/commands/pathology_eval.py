@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 from napari_clipmed.errors import InputError
-from napari_clipmed.progress import Progress
+from napari_clipmed.commands._progress import StderrProgress
 
 
 def _csv_list(text: str) -> list[str]:
@@ -27,29 +27,6 @@ def _int_list(text: str) -> list[int]:
 
 def _templates(text: str | None) -> list[str] | None:
     return [t.strip() for t in text.split(";") if t.strip()] if text else None
-
-
-class _Printer:
-    """Progress on stderr: one updating line on a terminal, a line per new stage otherwise."""
-
-    def __init__(self, quiet: bool = False) -> None:
-        self.quiet = quiet
-        self.tty = sys.stderr.isatty()
-        self.last = ""
-
-    def __call__(self, step: Progress) -> None:
-        if self.quiet:
-            return
-        stage = step.message.split(":")[0]
-        if self.tty:
-            print(f"\r[{step.done}/{step.total}] {step.message[:100]:<100}", end="", file=sys.stderr, flush=True)
-        elif stage != self.last:
-            print(f"[{step.done}/{step.total}] {step.message}", file=sys.stderr, flush=True)
-        self.last = stage
-
-    def close(self) -> None:
-        if self.tty and not self.quiet:
-            print(file=sys.stderr)
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -124,7 +101,7 @@ def _run_robustness(args: argparse.Namespace) -> int:
         batch_size=args.batch_size, out_dir=args.out, weights_dir=args.weights_dir, cache_dir=args.cache_dir,
         use_cache=not args.no_cache, device=args.device,
     )
-    printer = _Printer(args.quiet)
+    printer = StderrProgress(args.quiet)
     try:
         result = run_generator(iter_run_robustness(tileset, config), printer)
     finally:
@@ -167,7 +144,7 @@ def _run_zeroshot(args: argparse.Namespace) -> int:
     else:
         raise InputError("these images carry no labels: name the classes with --classes a,b or --preset NAME")
     model = load_model(args.model, weights_dir=args.weights_dir, device=args.device)
-    printer = _Printer(args.quiet)
+    printer = StderrProgress(args.quiet)
     try:
         tiles = run_generator(iter_load_tiles(tileset), printer)
         result = run_generator(iter_zeroshot_tiles(model, tiles, prompts, columns, batch_size=args.batch_size,
@@ -194,7 +171,7 @@ def _run_retrieve(args: argparse.Namespace) -> int:
     from napari_clipmed.retrieval import EmbeddingIndex
 
     model = load_model(args.model, weights_dir=args.weights_dir, device=args.device)
-    printer = _Printer(args.quiet)
+    printer = StderrProgress(args.quiet)
     same = False
     try:
         if args.gallery.suffix.lower() == ".npz":
