@@ -104,12 +104,7 @@ def test_chunked_search_matches_and_reports_progress(monkeypatch: pytest.MonkeyP
     monkeypatch.setattr(retrieval, "_CHUNK_ELEMENTS", 300 * 16)  # 16 queries per chunk (torch path)
     gen = EmbeddingIndex(gallery).iter_search(queries, 7)
     steps = []
-    while True:
-        try:
-            steps.append(next(gen))
-        except StopIteration as stop:
-            chunked = stop.value
-            break
+    chunked = run_generator(gen, steps.append)
     assert steps[-1] == Progress(4, 4, "searching 50 queries") and len(steps) == 4
     np.testing.assert_array_equal(chunked.indices, whole.indices)
     monkeypatch.setattr(retrieval, "_FAISS_QUERY_CHUNK", 16)

@@ -29,7 +29,7 @@ from napari_clipmed.ct.lung import lung_mask
 from napari_clipmed.ct.patches import Patches, extract_patches
 from napari_clipmed.ct.pipeline import CTMontageConfig, iter_run_ct_montage, run_ct_montage
 from napari_clipmed.errors import InputError
-from napari_clipmed.progress import Progress
+from napari_clipmed.progress import Progress, run_generator
 
 
 @pytest.fixture(scope="module")
@@ -61,12 +61,7 @@ def _softmax(x: np.ndarray) -> np.ndarray:
 def test_patch_scores_match_a_direct_computation(tiny_model, crop_patches: Patches) -> None:
     steps: list[Progress] = []
     gen = iter_score_patches(tiny_model, crop_patches, batch_size=50)
-    while True:
-        try:
-            steps.append(next(gen))
-        except StopIteration as stop:
-            scores = stop.value
-            break
+    scores = run_generator(gen, steps.append)
     n = len(crop_patches)
     assert [s.done for s in steps] == [0, *range(50, n, 50), n] and steps[-1].total == n
     emb = tiny_model.encode_images(crop_patches.images(size=64))
@@ -140,12 +135,7 @@ def test_pipeline_result_and_saved_files(tiny_model, chest_crop: CTVolume, tmp_p
     config = CTMontageConfig(k=9, min_distance_mm=40.0, cell_size=48)
     progress: list[Progress] = []
     gen = iter_run_ct_montage(chest_crop, tiny_model, config)
-    while True:
-        try:
-            progress.append(next(gen))
-        except StopIteration as stop:
-            result = stop.value
-            break
+    result = run_generator(gen, progress.append)
     assert progress[-1].done == progress[-1].total
     assert len(result.chosen) == 9 and result.montage.grid == (3, 3)
     centres = result.patches.centre_mm[result.chosen]

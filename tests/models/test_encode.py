@@ -10,7 +10,7 @@ from PIL import Image
 
 from napari_clipmed.errors import InputError
 from napari_clipmed.models.images import preprocess_batch, stack_to_tensor
-from napari_clipmed.progress import Progress
+from napari_clipmed.progress import Progress, run_generator
 
 RNG = np.random.default_rng(0)
 
@@ -62,12 +62,7 @@ def test_progress_generator_reports_batches(tiny) -> None:
     images = RNG.integers(0, 256, (10, 64, 64, 3), dtype=np.uint8)
     gen = tiny.iter_encode_images(images, batch_size=4)
     steps = []
-    while True:
-        try:
-            steps.append(next(gen))
-        except StopIteration as stop:
-            result = stop.value
-            break
+    result = run_generator(gen, steps.append)
     assert all(isinstance(s, Progress) for s in steps)
     assert [s.done for s in steps] == [0, 4, 8, 10] and steps[-1].total == 10
     assert result.shape == (10, 64)
