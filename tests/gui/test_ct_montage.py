@@ -94,7 +94,7 @@ def test_run_adds_boxes_montage_and_tables(viewer: Any, qtbot: Any, ct_layer: An
     widget.patch_table.selectRow(target)
     assert viewer.dims.current_step[0] == feats["slice"].iloc[target]
     centre = _layers.patch_world_centre(feats, target, ct_layer)
-    np.testing.assert_allclose(viewer.camera.center[-2:], centre[-2:])
+    np.testing.assert_allclose(_layers.camera_of(viewer).center[-2:], centre[-2:])
     assert boxes.selected_data == {target}
 
 

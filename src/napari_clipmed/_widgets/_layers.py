@@ -249,6 +249,12 @@ def patch_world_centre(table: Any, rank: int, source: Any) -> np.ndarray:
     return voxel * np.asarray(source.scale, dtype=float)[-3:] + np.asarray(source.translate, dtype=float)[-3:]
 
 
+def camera_of(viewer: Any) -> Any:
+    """The viewer's camera (`viewer.scene.camera` from napari 0.9, `viewer.camera` before)."""
+    scene = getattr(viewer, "scene", None)
+    return scene.camera if scene is not None and hasattr(scene, "camera") else viewer.camera
+
+
 def go_to_patch(viewer: Any, table: Any, rank: int, source: Any) -> np.ndarray:
     """Move the viewer's slider to patch `rank`'s slice and centre the camera on it; returns its world centre."""
     from napari_clipmed.ct.patches import AXES
@@ -260,5 +266,5 @@ def go_to_patch(viewer: Any, table: Any, rank: int, source: Any) -> np.ndarray:
     displayed = list(viewer.dims.displayed)
     full = np.asarray(viewer.dims.point, dtype=float)
     full[offset:] = centre
-    viewer.camera.center = tuple(full[displayed]) if len(displayed) == 3 else tuple(full[displayed[-2:]])
+    camera_of(viewer).center = tuple(full[displayed]) if len(displayed) == 3 else tuple(full[displayed[-2:]])
     return centre
