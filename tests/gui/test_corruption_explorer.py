@@ -7,11 +7,10 @@ implementation); the source layer's data must be bit-identical to a copy taken b
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import open_clip  # noqa: F401  - load torch's triton before Qt's OpenGL stack (their LLVMs clash: segfault)
 import pytest
+from gui_support import SHARED_DATA, notification_messages
 from PIL import Image
 from qtpy.QtCore import Qt
 from scipy import ndimage
@@ -20,7 +19,7 @@ from napari_clipmed._widgets import _path_layers
 from napari_clipmed._widgets.corruption_explorer import CorruptionExplorerWidget
 from napari_clipmed.pathology.corrupt import corrupt
 
-HE = Path("/work/shared/data/pathology/he_carcinoma_tiatoolbox.png")
+HE = SHARED_DATA / "pathology" / "he_carcinoma_tiatoolbox.png"
 
 
 @pytest.fixture(scope="module")
@@ -35,10 +34,6 @@ def widget(viewer) -> CorruptionExplorerWidget:
     return w
 
 
-def _notes() -> list[str]:
-    from napari.utils.notifications import notification_manager
-
-    return [str(n.message) for n in notification_manager.records]
 
 
 def _settle(qtbot, w: CorruptionExplorerWidget, name: str) -> None:
@@ -130,7 +125,7 @@ def test_bad_input_and_cancel_add_no_layer(qtbot, widget: CorruptionExplorerWidg
     viewer = widget.viewer
     grey = viewer.add_image(he[..., 0].copy(), name="grey")
     qtbot.waitUntil(lambda: widget.last_error is not None, timeout=10_000)  # the live preview refuses it
-    assert "not an RGB image" in widget.last_error and widget.last_error in _notes()[-1]
+    assert "not an RGB image" in widget.last_error and widget.last_error in notification_messages()[-1]
     assert widget.run() is None and "not an RGB image" in widget.last_error
     assert len(viewer.layers) == 1 and widget.preview_layer is None
     np.testing.assert_array_equal(grey.data, he[..., 0])

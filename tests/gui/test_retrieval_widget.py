@@ -14,15 +14,15 @@ import open_clip  # noqa: F401  - load torch's triton before Qt's OpenGL stack (
 import pandas as pd
 import pytest
 import tifffile
+from gui_support import SHARED_DATA, load_tiny, notification_messages, wait_done
 from PIL import Image
 from qtpy.QtCore import Qt
 
-from napari_clipmed._widgets._session import ModelChoice, session_for
 from napari_clipmed._widgets.retrieval import RECTANGLE, RetrievalWidget
 from napari_clipmed.models.cache import EmbeddingCache
 from napari_clipmed.retrieval import EmbeddingIndex
 
-DATA = Path("/work/shared/data/pathology")
+DATA = SHARED_DATA / "pathology"
 TILE = 64
 
 
@@ -58,35 +58,24 @@ def widget(viewer, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Retrieval
     return w
 
 
-def _load(w: RetrievalWidget):
-    return session_for(w.viewer).load_now(ModelChoice("tiny-random"))
 
 
-def _wait(qtbot, w, worker) -> None:
-    """Wait until the widget is done with `worker` (a state, not a signal: a fast worker can finish
-    before a signal wait would start listening)."""
-    assert worker is not None
-    qtbot.waitUntil(lambda: w.worker is not worker, timeout=30_000)
 
 
-def _notes() -> list[str]:
-    from napari.utils.notifications import notification_manager
-
-    return [str(n.message) for n in notification_manager.records]
 
 
 def _build(qtbot, w: RetrievalWidget, folder: Path) -> None:
     w.folder.value = folder
     w.build_button.native.click()  # as a user would
-    _wait(qtbot, w, w.worker)
+    wait_done(qtbot, w, w.worker)
     assert w.last_error is None, w.last_error
 
 
 def test_build_query_export(qtbot, widget: RetrievalWidget, gallery: Path, tmp_path: Path) -> None:
-    model = _load(widget)
+    model = load_tiny(widget)
     _build(qtbot, widget, gallery)
     assert [Path(p).name for p, _ in widget.unreadable] == ["broken.png"]  # reported, not fatal
-    assert any("skipped 1 unreadable" in m for m in _notes())
+    assert any("skipped 1 unreadable" in m for m in notification_messages())
     index = widget.index
     assert index is not None and len(index) == 12
     assert sorted(set(index.labels.tolist())) == ["carcinoma", "skin"]
@@ -100,7 +89,7 @@ def test_build_query_export(qtbot, widget: RetrievalWidget, gallery: Path, tmp_p
     widget.k.value = 5
     n_layers = len(widget.viewer.layers)
     qtbot.mouseClick(widget.controls.run_button, Qt.MouseButton.LeftButton)
-    _wait(qtbot, widget, widget.worker)
+    wait_done(qtbot, widget, widget.worker)
     assert widget.last_error is None, widget.last_error
     assert len(widget.viewer.layers) == n_layers + 2
     grid_layer, labels_layer = widget.viewer.layers[-2], widget.viewer.layers[-1]
@@ -149,12 +138,12 @@ def test_build_query_export(qtbot, widget: RetrievalWidget, gallery: Path, tmp_p
     n_layers = len(widget.viewer.layers)
     assert widget.run() is None
     assert "plip@0123456789ab" in widget.last_error and "rebuild the index" in widget.last_error
-    assert widget.last_error in _notes()[-1]
+    assert widget.last_error in notification_messages()[-1]
     assert len(widget.viewer.layers) == n_layers
 
 
 def test_rectangle_query_and_cancel(qtbot, widget: RetrievalWidget, gallery: Path, sources) -> None:
-    _load(widget)
+    load_tiny(widget)
     _build(qtbot, widget, gallery)
     viewer = widget.viewer
     image = viewer.add_image(sources["carcinoma"].copy(), name="slide", rgb=True, scale=(0.5, 0.5), translate=(10, 20))
@@ -166,7 +155,7 @@ def test_rectangle_query_and_cancel(qtbot, widget: RetrievalWidget, gallery: Pat
     widget.image_layer.value, widget.shapes_layer.value = image, shapes
     widget.query_mode.value = RECTANGLE
     widget.k.value = 3
-    _wait(qtbot, widget, widget.run())
+    wait_done(qtbot, widget, widget.run())
     assert widget.last_error is None, widget.last_error
     hits = viewer.layers[-2].metadata["hits"]
     assert Path(hits["path"].iloc[0]).name == "carcinoma_4.png"
@@ -179,11 +168,11 @@ def test_rectangle_query_and_cancel(qtbot, widget: RetrievalWidget, gallery: Pat
     n_layers, index = len(viewer.layers), widget.index
     worker = widget.run()
     widget.cancel()
-    _wait(qtbot, widget, worker)
+    wait_done(qtbot, widget, worker)
     assert len(viewer.layers) == n_layers and widget.controls.status.text().startswith("cancelled")
     worker = widget.build_index()
     widget.cancel()
-    _wait(qtbot, widget, worker)
+    wait_done(qtbot, widget, worker)
     assert widget.index is index and widget.last_error is None
 
 
@@ -193,13 +182,13 @@ def test_bad_inputs_notify_and_add_nothing(qtbot, widget: RetrievalWidget, galle
     n_layers = len(viewer.layers)
     widget.folder.value = gallery
     assert widget.build_index() is None  # no model loaded
-    assert "load a model first" in widget.last_error and widget.last_error in _notes()[-1]
+    assert "load a model first" in widget.last_error and widget.last_error in notification_messages()[-1]
 
-    _load(widget)
+    load_tiny(widget)
     empty = tmp_path / "empty"
     empty.mkdir()
     widget.folder.value = empty
-    _wait(qtbot, widget, widget.build_index())
+    wait_done(qtbot, widget, widget.build_index())
     assert "holds no images" in widget.last_error and widget.index is None
 
     assert widget.run() is None

@@ -7,21 +7,24 @@ boxes that the drawn (world-coordinate) rectangles should map to.
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import open_clip  # noqa: F401  - load torch's triton before Qt's OpenGL stack (their LLVMs clash: segfault)
 import pytest
+from gui_support import SHARED_DATA, load_tiny, notification_messages, wait_done
 from PIL import Image
 from qtpy.QtCore import Qt
 
 from napari_clipmed._widgets._path_layers import PALETTE, corrupted_layer_data
-from napari_clipmed._widgets._session import ModelChoice, session_for
-from napari_clipmed._widgets.zeroshot_labels import CUSTOM, RECTANGLES, TILES, ZeroShotLabelsWidget
+from napari_clipmed._widgets.zeroshot_labels import (
+    CUSTOM,
+    RECTANGLES,
+    TILES,
+    ZeroShotLabelsWidget,
+)
 from napari_clipmed.pathology.corrupt import corrupt
 from napari_clipmed.zeroshot import ZeroShotClassifier, load_preset
 
-HE = Path("/work/shared/data/pathology/he_carcinoma_tiatoolbox.png")
+HE = SHARED_DATA / "pathology" / "he_carcinoma_tiatoolbox.png"
 
 
 @pytest.fixture(scope="module")
@@ -36,21 +39,10 @@ def widget(viewer) -> ZeroShotLabelsWidget:
     return w
 
 
-def _load(w: ZeroShotLabelsWidget):
-    return session_for(w.viewer).load_now(ModelChoice("tiny-random"))
 
 
-def _wait(qtbot, w, worker) -> None:
-    """Wait until the widget is done with `worker` (a state, not a signal: a fast worker can finish
-    before a signal wait would start listening)."""
-    assert worker is not None
-    qtbot.waitUntil(lambda: w.worker is not worker, timeout=30_000)
 
 
-def _notes() -> list[str]:
-    from napari.utils.notifications import notification_manager
-
-    return [str(n.message) for n in notification_manager.records]
 
 
 def _rect(r0: float, c0: float, r1: float, c1: float) -> np.ndarray:
@@ -58,7 +50,7 @@ def _rect(r0: float, c0: float, r1: float, c1: float) -> np.ndarray:
 
 
 def test_rectangles_on_scaled_image_match_direct_classification(qtbot, widget: ZeroShotLabelsWidget, he) -> None:
-    model = _load(widget)
+    model = load_tiny(widget)
     viewer = widget.viewer
     image = viewer.add_image(he.copy(), name="he", rgb=True, scale=(2.0, 2.0), translate=(5.0, -3.0))
     boxes = [(10, 20, 110, 140), (200, 150, 330, 300)]  # pixel boxes (row0, col0, row1, col1)
@@ -75,7 +67,7 @@ def test_rectangles_on_scaled_image_match_direct_classification(qtbot, widget: Z
     widget.mode.value = RECTANGLES
     n_layers = len(viewer.layers)
     qtbot.mouseClick(widget.controls.run_button, Qt.MouseButton.LeftButton)
-    _wait(qtbot, widget, widget.worker)
+    wait_done(qtbot, widget, widget.worker)
     assert widget.last_error is None, widget.last_error
     assert len(viewer.layers) == n_layers + 1
     out = viewer.layers[-1]
@@ -105,7 +97,7 @@ def test_rectangles_on_scaled_image_match_direct_classification(qtbot, widget: Z
     # the same rectangles on a corrupted copy (as the corruption explorer makes it): labels follow the pixels
     data, kwargs = corrupted_layer_data(image, "blur", 4.0, seed=0)
     widget.image_layer.value = viewer.add_image(data, **kwargs)
-    _wait(qtbot, widget, widget.run())
+    wait_done(qtbot, widget, widget.run())
     blurred = corrupt(he, "blur", 4.0)
     expected_blur = classifier.predict_proba(model.encode_images([blurred[r0:r1, c0:c1] for r0, c0, r1, c1 in boxes]))
     got_blur = viewer.layers[-1].features[[f"p({c})" for c in preset.class_names]].to_numpy()
@@ -115,7 +107,7 @@ def test_rectangles_on_scaled_image_match_direct_classification(qtbot, widget: Z
 
 
 def test_tiles_with_and_without_tissue_filter(qtbot, widget: ZeroShotLabelsWidget, he) -> None:
-    _load(widget)
+    load_tiny(widget)
     viewer = widget.viewer
     blank = np.full((384, 256, 3), 245, dtype=np.uint8)  # glass: no tissue
     image = viewer.add_image(np.concatenate([he, blank], axis=1), name="half glass", rgb=True)
@@ -123,7 +115,7 @@ def test_tiles_with_and_without_tissue_filter(qtbot, widget: ZeroShotLabelsWidge
     widget.mode.value = TILES
     widget.tile_size.value, widget.stride.value = 128, 128
     widget.tissue_only.value = False
-    _wait(qtbot, widget, widget.run())
+    wait_done(qtbot, widget, widget.run())
     assert widget.last_error is None, widget.last_error
     everything = viewer.layers[-1].features
     assert viewer.layers[-1].name == "half glass labels [tiles 128px]"
@@ -131,7 +123,7 @@ def test_tiles_with_and_without_tissue_filter(qtbot, widget: ZeroShotLabelsWidge
     expected_boxes = [[r, c, r + 128, c + 128] for r in (0, 128, 256) for c in (0, 128, 256, 384, 512)]
     assert everything[["row0", "col0", "row1", "col1"]].to_numpy().tolist() == expected_boxes
     widget.tissue_only.value = True
-    _wait(qtbot, widget, widget.run())
+    wait_done(qtbot, widget, widget.run())
     tissue = viewer.layers[-1].features
     assert len(tissue) == 9 and tissue["col1"].max() <= 384  # only the H&E part
     same = everything.merge(tissue, on=["row0", "col0"], suffixes=("", "_t"))
@@ -145,8 +137,8 @@ def test_bad_inputs_and_cancel_add_no_layer(qtbot, widget: ZeroShotLabelsWidget,
     widget.image_layer.value = image
     n_layers = len(viewer.layers)
     assert widget.run() is None
-    assert "load a model first" in widget.last_error and widget.last_error in _notes()[-1]
-    _load(widget)
+    assert "load a model first" in widget.last_error and widget.last_error in notification_messages()[-1]
+    load_tiny(widget)
 
     widget.classes.value = "tumour: tumor; carcinoma"
     assert widget.preset.value == CUSTOM  # editing a preset makes it custom
@@ -160,14 +152,14 @@ def test_bad_inputs_and_cancel_add_no_layer(qtbot, widget: ZeroShotLabelsWidget,
     viewer.add_shapes([_rect(-50, -50, -10, -10)], shape_type="rectangle", name="outside")
     widget.image_layer.value = image
     assert widget.run() is None and "no rectangle over image" in widget.last_error
-    assert widget.last_error in _notes()[-1]
+    assert widget.last_error in notification_messages()[-1]
     assert len(viewer.layers) == n_layers + 1  # only the user's shapes layer
 
     widget.mode.value = TILES
     widget.tile_size.value, widget.stride.value = 64, 64
     worker = widget.run()
     widget.cancel()
-    _wait(qtbot, widget, worker)
+    wait_done(qtbot, widget, worker)
     assert len(viewer.layers) == n_layers + 1 and widget.last_error is None
     assert widget.controls.status.text().startswith("cancelled")
 
