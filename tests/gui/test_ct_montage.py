@@ -233,8 +233,8 @@ def test_plugin_menu_docks_the_widget(viewer: Any) -> None:
 
 def test_api_adds_the_same_layers_as_the_widget(viewer: Any, ct_layer: Any, ct_crop: Any) -> None:
     from napari_clipmed import api
-    from napari_clipmed.ct.pipeline import run_ct_montage
     from napari_clipmed._widgets._layers import montage_config
+    from napari_clipmed.ct.pipeline import run_ct_montage
 
     model = api.load_model(viewer, "tiny-random")
     result = api.ct_montage(viewer, "CT", k=K, stride_mm=24.0, class_prompts="UIP vs other")
