@@ -98,3 +98,20 @@ def test_retrieve_refuses_an_index_of_another_model(tile_root: Path, tmp_path: P
     err = capsys.readouterr().err
     assert "come from model 'tiny-random:" in err and "'plip:0123456789abcdef'" in err
     assert not (tmp_path / "h.csv").exists()
+
+
+def test_zeroshot_and_retrieve_take_an_explicit_checkpoint(tile_root: Path, tmp_path: Path) -> None:
+    """`--model local --weights FILE` (e.g. a DAPT result) gives what the model it was saved from gives."""
+    from napari_clipmed.models.loader import load_model
+
+    checkpoint = load_model("tiny-random", device="cpu").save(tmp_path / "mine.pt")
+    for name, extra in (("tiny", ["--model", "tiny-random"]), ("local", ["--model", "local", "--weights", str(checkpoint)])):
+        assert main(["zeroshot", "--data", str(tile_root), *extra, "--out", str(tmp_path / f"{name}.csv"), "--quiet",
+                     "--no-cache"]) == 0
+        assert main(["retrieve", "--gallery", str(tile_root), "--query", str(tile_root), *extra, "--k", "3",
+                     "--out", str(tmp_path / f"{name}-hits.csv"), "--quiet", "--no-cache"]) == 0
+    pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "tiny.csv"), pd.read_csv(tmp_path / "local.csv"), atol=1e-5)
+    tiny_hits, local_hits = pd.read_csv(tmp_path / "tiny-hits.csv"), pd.read_csv(tmp_path / "local-hits.csv")
+    assert list(tiny_hits.columns) == list(local_hits.columns)
+    pd.testing.assert_frame_equal(tiny_hits.drop(columns=[c for c in tiny_hits if "model" in c]),
+                                  local_hits.drop(columns=[c for c in local_hits if "model" in c]), atol=1e-5)

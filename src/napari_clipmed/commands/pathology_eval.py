@@ -61,6 +61,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                               description="Classify images by text prompts; with a labelled tile set also score it.")
     p.add_argument("--data", required=True, type=Path, help="ImageFolder, CSV manifest, folder of images or one image")
     p.add_argument("--model", required=True)
+    p.add_argument("--weights", type=Path, help="checkpoint file or Hugging Face folder (e.g. a DAPT result with --model local)")
     group = p.add_mutually_exclusive_group()
     group.add_argument("--classes", type=_csv_list, help="comma-separated class names (default: the tile-set classes)")
     group.add_argument("--preset", help="prompt preset name or YAML file")
@@ -74,6 +75,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--gallery", required=True, type=Path, help="image folder, ImageFolder, manifest or saved index.npz")
     p.add_argument("--query", required=True, type=Path, help="image, folder or manifest")
     p.add_argument("--model", required=True)
+    p.add_argument("--weights", type=Path, help="checkpoint file or Hugging Face folder (e.g. a DAPT result with --model local)")
     p.add_argument("--k", type=int, default=10)
     p.add_argument("--out", required=True, type=Path, help="hits CSV")
     p.add_argument("--save-index", type=Path, help="also save the gallery index (.npz) for reuse")
@@ -143,7 +145,7 @@ def _run_zeroshot(args: argparse.Namespace) -> int:
         prompts, columns = tileset_prompts(tileset.class_names, None, templates)
     else:
         raise InputError("these images carry no labels: name the classes with --classes a,b or --preset NAME")
-    model = load_model(args.model, weights_dir=args.weights_dir, device=args.device)
+    model = load_model(args.model, args.weights, weights_dir=args.weights_dir, device=args.device)
     printer = StderrProgress(args.quiet)
     try:
         tiles = run_generator(iter_load_tiles(tileset), printer)
@@ -170,7 +172,7 @@ def _run_retrieve(args: argparse.Namespace) -> int:
     from napari_clipmed.progress import run_generator
     from napari_clipmed.retrieval import EmbeddingIndex
 
-    model = load_model(args.model, weights_dir=args.weights_dir, device=args.device)
+    model = load_model(args.model, args.weights, weights_dir=args.weights_dir, device=args.device)
     printer = StderrProgress(args.quiet)
     same = False
     try:
