@@ -8,7 +8,7 @@ from this package (lazily); `train` is not, since it is the name of the submodul
 
 from __future__ import annotations
 
-import importlib
+from napari_clipmed._lazy import lazy_getattr
 
 _EXPORTS = {
     "DaptConfig": "napari_clipmed.dapt.config",
@@ -19,8 +19,4 @@ _EXPORTS = {
 }
 __all__ = list(_EXPORTS)
 
-
-def __getattr__(name: str) -> object:
-    if name in _EXPORTS:
-        return getattr(importlib.import_module(_EXPORTS[name]), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = lazy_getattr(__name__, _EXPORTS)
