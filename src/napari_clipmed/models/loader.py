@@ -34,6 +34,7 @@ class ClipModel:
     device: torch.device
     precision: str
     weights_path: Path | None = None
+    cpu_fastpath: bool = True  # use `cpu_fastpath.vision_forward` for fp32 ViTs on a CPU
     text_memo: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
     _weights_hash: str | None = field(default=None, repr=False)
 
