@@ -63,6 +63,33 @@ def timed(fn, *args, **kwargs):
     return result, time.perf_counter() - start
 
 
+def vit_gflop_per_image(visual: torch.nn.Module) -> float:
+    """Multiply-adds x 2 of one ViT image forward (GEMMs, attention and patch embedding)."""
+    tokens, width = visual.positional_embedding.shape
+    patch = visual.conv1.kernel_size[0]
+    per_block = 0.0
+    for block in visual.transformer.resblocks:
+        hidden = block.mlp.c_fc.out_features
+        per_block += 2 * tokens * (4 * width * width + 2 * width * hidden) + 4 * tokens * tokens * width
+    return (per_block + 2 * (tokens - 1) * width * 3 * patch * patch) / 1e9
+
+
+def gemm_gflops(size: int = 2048, repeats: int = 5) -> float:
+    """This machine's fp32 GEMM throughput now (the best of MKL and oneDNN on a large square GEMM)."""
+    a, b = torch.randn(size, size), torch.randn(size, size)
+    candidates = [lambda: a @ b]
+    if torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise"):
+        candidates.append(lambda: torch.ops.mkldnn._linear_pointwise(a, b, None, "none", [], ""))
+    best = 0.0
+    for gemm in candidates:
+        gemm()
+        start = time.perf_counter()
+        for _ in range(repeats):
+            gemm()
+        best = max(best, 2 * size**3 * repeats / (time.perf_counter() - start) / 1e9)
+    return best
+
+
 def interleaved(paths: dict[str, object], images: np.ndarray, rounds: int) -> dict[str, float]:
     """Total seconds per path over all images, run in `rounds` slices with the paths interleaved.
 
@@ -125,6 +152,13 @@ def main() -> None:
     print(f"speed-up batched vs naive: {t_naive / t_ours:.2f}x (target >= 2x on CPU)")
     if on_cpu:
         print(f"  of which the CPU fast path: {t_stock / t_ours:.2f}x over the stock forward")
+        if hasattr(model.module.visual, "positional_embedding"):
+            gflop = vit_gflop_per_image(model.module.visual)
+            peak = gemm_gflops()
+            naive_rate = gflop * n / t_naive
+            print(f"roofline: {gflop:.1f} GFLOP per image; the naive loop computes at {naive_rate:.0f} GFLOP/s, "
+                  f"ours at {gflop * n / t_ours:.0f}, this CPU's fp32 GEMM peak is {peak:.0f} GFLOP/s, so no fp32 "
+                  f"path can beat the naive loop by more than {peak / naive_rate:.2f}x here")
     print(f"speed-up warm cache vs recomputation: {t_cold / t_warm:.0f}x (target >= 50x)")
 
 

@@ -6,9 +6,11 @@ through `nn.MultiheadAttention`'s separate bmm and softmax. `vision_forward` run
 arithmetic with
 
 - the linear layers through oneDNN (`torch.ops.mkldnn._linear_pointwise`, the op PyTorch's own
-  compiler emits for CPU linears), with exact GELU fused into the first MLP layer where the model
-  uses it, and
-- attention through `F.scaled_dot_product_attention` (one fused kernel),
+  compiler emits for CPU linears), with the MLP's activation fused into its first GEMM (exact GELU
+  directly; OpenAI's QuickGELU as a swish with the 1.702 folded into the GEMM inputs),
+- attention through `F.scaled_dot_product_attention` (one fused kernel), and
+- with class-token pooling, the last block computed for the class token only (its keys and values
+  still come from every token, so the result is the same),
 
 while reusing the model's own embedding, layer norms, layer scales, activations and pooling, so its
 output equals `visual(pixels)` to fp32 rounding (tests compare it with open_clip). The weights are
@@ -65,32 +67,55 @@ def supports_fast_forward(visual: nn.Module) -> bool:
     return all(p.dtype == torch.float32 and p.device.type == "cpu" for p in visual.parameters())
 
 
-def _linear(x: torch.Tensor, layer_weight: torch.Tensor, bias: torch.Tensor | None, gelu: bool = False) -> torch.Tensor:
-    if gelu:
-        return torch.ops.mkldnn._linear_pointwise(x, layer_weight, bias, "gelu", [], "none")
-    return torch.ops.mkldnn._linear_pointwise(x, layer_weight, bias, "none", [], "")
+QUICK_GELU_SCALE = 1.702  # QuickGELU(h) = h * sigmoid(1.702 h) = swish(1.702 h) / 1.702
 
 
-def _block_forward(block: nn.Module, x: torch.Tensor) -> torch.Tensor:
+def _linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, post_op: str = "none") -> torch.Tensor:
+    algorithm = {"gelu": "none", "swish": ""}.get(post_op, "")
+    return torch.ops.mkldnn._linear_pointwise(x, weight, bias, post_op, [], algorithm)
+
+
+def _mlp(mlp: nn.Sequential, x: torch.Tensor) -> torch.Tensor:
+    from open_clip.transformer import QuickGELU
+
+    fc, act, proj = mlp.c_fc, mlp.gelu, mlp.c_proj
+    if type(act) is nn.GELU and act.approximate == "none":
+        return _linear(_linear(x, fc.weight, fc.bias, "gelu"), proj.weight, proj.bias)
+    if type(act) is QuickGELU:
+        # Fold the 1.702 into the inputs of both GEMMs so oneDNN's swish post-op does the
+        # activation inside the first one: two passes over (L, width) instead of three over (L, 4 width).
+        swished = _linear(x * QUICK_GELU_SCALE, fc.weight, fc.bias * QUICK_GELU_SCALE, "swish")
+        out = _linear(swished, proj.weight, None)
+        return out.mul_(1.0 / QUICK_GELU_SCALE) if proj.bias is None else torch.add(proj.bias, out, alpha=1.0 / QUICK_GELU_SCALE)
+    return _linear(act(_linear(x, fc.weight, fc.bias)), proj.weight, proj.bias)
+
+
+def _block_forward(block: nn.Module, x: torch.Tensor, class_token_only: bool = False) -> torch.Tensor:
+    """One residual block; with `class_token_only`, the output at token 0 alone (shape B x 1 x width).
+
+    Every token's keys and values are still computed, so token 0's output is exactly the full
+    block's; only the queries, projections and MLP of the tokens nobody reads are skipped.
+    """
     batch, length, width = x.shape
-    attn, mlp = block.attn, block.mlp
+    attn = block.attn
     heads = attn.num_heads
     qkv = _linear(block.ln_1(x), attn.in_proj_weight, attn.in_proj_bias)
     q, k, v = qkv.view(batch, length, 3, heads, width // heads).permute(2, 0, 3, 1, 4).unbind(0)
-    attended = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(batch, length, width)
+    if class_token_only:
+        q, x = q[:, :, :1], x[:, :1]
+    attended = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(batch, q.shape[2], width)
     x = x + block.ls_1(_linear(attended, attn.out_proj.weight, attn.out_proj.bias))
-    fuse_gelu = type(mlp.gelu) is nn.GELU and mlp.gelu.approximate == "none"
-    hidden = _linear(block.ln_2(x), mlp.c_fc.weight, mlp.c_fc.bias, gelu=fuse_gelu)
-    if not fuse_gelu:
-        hidden = mlp.gelu(hidden)
-    return x + block.ls_2(_linear(hidden, mlp.c_proj.weight, mlp.c_proj.bias))
+    return x + block.ls_2(_mlp(block.mlp, block.ln_2(x)))
 
 
 def vision_forward(visual: nn.Module, pixels: torch.Tensor) -> torch.Tensor:
     """`visual(pixels)` computed the fast way; call only where `supports_fast_forward(visual)`."""
     x = visual._embeds(pixels).contiguous()
-    for block in visual.transformer.resblocks:
-        x = _block_forward(block, x)
+    blocks = visual.transformer.resblocks
+    # With class-token pooling, nothing reads the last block's other tokens.
+    class_token_pool = visual.attn_pool is None and visual.pool_type == "tok"
+    for index, block in enumerate(blocks):
+        x = _block_forward(block, x, class_token_only=class_token_pool and index == len(blocks) - 1)
     pooled, _ = visual._pool(x)
     if visual.proj is not None:
         pooled = pooled @ visual.proj
