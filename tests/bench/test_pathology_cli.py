@@ -23,6 +23,20 @@ def test_robustness_command_writes_results(tile_root: Path, tmp_path: Path, caps
     assert "wrote" in capsys.readouterr().out
 
 
+def test_robustness_command_compares_a_checkpoint(tile_root: Path, tmp_path: Path) -> None:
+    from napari_clipmed.models.loader import load_model
+    from napari_clipmed.models.registry import get_spec
+
+    checkpoint = load_model(get_spec("tiny-random").with_changes(seed=9), device="cpu").save(tmp_path / "dapt.pt")
+    out = tmp_path / "results"
+    code = main(["robustness", "--data", str(tile_root), "--models", f"tiny-random,dapt={checkpoint}",
+                 "--corruptions", "hue", "--severities", "0", "--k", "1", "--out", str(out), "--quiet"])
+    assert code == 0
+    table = pd.read_csv(out / "results.csv")
+    assert sorted(set(table["model"])) == ["dapt", "tiny-random"] and len(table) == 2 * 7
+    assert "| dapt |" in (out / "summary.md").read_text()
+
+
 def test_robustness_command_reports_bad_input(tile_root: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     code = main(["robustness", "--data", str(tile_root), "--models", "tiny-random", "--k", "1,100",
                  "--corruptions", "hue", "--out", str(tmp_path / "o"), "--quiet"])

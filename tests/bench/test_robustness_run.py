@@ -31,6 +31,8 @@ from napari_clipmed.bench.robustness import (
 from napari_clipmed.datasets import load_imagefolder
 from napari_clipmed.errors import ClipmedError, InputError
 from napari_clipmed.models.loader import load_model
+from napari_clipmed.models.registry import get_spec
+from napari_clipmed.models.weights import WeightsNotFoundError
 from napari_clipmed.pathology.corrupt import corrupt
 from napari_clipmed.zeroshot import PromptSet, ZeroShotClassifier
 
@@ -154,6 +156,38 @@ def test_bad_runs_fail_before_writing_results(tile_root: Path, tmp_path: Path) -
     with pytest.raises(ClipmedError):  # no checkpoint for a real model offline
         run_robustness(ts, _config(out, models=("tiny-random", "plip")))
     assert not out.exists() or not any(out.glob("results*.csv"))
+
+
+def test_checkpoints_join_the_grid_under_their_labels(tile_root: Path, tmp_path: Path) -> None:
+    """A "LABEL=CHECKPOINT" model (e.g. a DAPT result) is compared with registry models in one run."""
+    ts = load_imagefolder(tile_root)
+    checkpoint = load_model(get_spec("tiny-random").with_changes(seed=5), device="cpu").save(tmp_path / "mine.pt")
+    small = {"corruptions": ("blur",), "severities": (0, 1), "ks": (1,)}
+    result = run_robustness(ts, _config(tmp_path / "out", models=("tiny-random", f"mine={checkpoint}"), **small))
+    table = result.frame
+    assert sorted(set(table["model"])) == ["mine", "tiny-random"]
+    mine = table[table["model"] == "mine"].set_index(["corruption", "severity", "metric"])["value"]
+    base = table[table["model"] == "tiny-random"].set_index(["corruption", "severity", "metric"])["value"]
+    assert not np.allclose(mine.to_numpy(), base.to_numpy())  # other weights, other scores
+    # the same checkpoint given through `weights` alone gives the same values
+    alone = run_robustness(ts, _config(tmp_path / "alone", models=("mine",), weights={"mine": checkpoint}, **small))
+    pd.testing.assert_series_equal(alone.frame.set_index(["corruption", "severity", "metric"])["value"], mine)
+    recorded = json.loads((tmp_path / "out" / "run.json").read_text())["config"]
+    assert recorded["models"] == ["tiny-random", "mine"] and recorded["weights"] == {"mine": str(checkpoint)}
+
+
+def test_bad_model_entries_are_refused_before_any_work(tile_root: Path, tmp_path: Path) -> None:
+    ts = load_imagefolder(tile_root)
+    out = tmp_path / "out"
+    with pytest.raises(InputError, match="has no label"):
+        _config(out, models=("=x.pt",)).resolved()
+    with pytest.raises(InputError, match="'a' is given two checkpoints"):
+        _config(out, models=("a=one.pt", "a=two.pt")).resolved()
+    with pytest.raises(InputError, match="checkpoints given for models not in the run: b"):
+        _config(out, models=("tiny-random",), weights={"b": Path("b.pt")}).resolved()
+    with pytest.raises(WeightsNotFoundError, match="does not exist"):
+        run_robustness(ts, _config(out, models=("tiny-random", f"mine={tmp_path / 'missing.pt'}")))
+    assert not out.exists()
 
 
 def test_a_different_run_in_the_same_folder_is_refused(tile_root: Path, tmp_path: Path) -> None:

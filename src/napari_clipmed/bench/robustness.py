@@ -3,7 +3,8 @@
 For every condition the tiles are corrupted (severity 0 = the clean tiles), embedded by each
 model and scored twice: zero-shot classification (accuracy, balanced accuracy, weighted F1) and
 retrieval of the corrupted queries against the *clean* gallery, leave-one-out (a query never
-retrieves its own clean tile): top-k, majority-vote, precision and mAP at each k.
+retrieves its own clean tile): top-k, majority-vote, precision and mAP at each k. Models are
+registry names or "LABEL=CHECKPOINT" entries, so a DAPT result can be compared with PathCLIP or PLIP.
 
 Clean embeddings are computed once per model (and kept in the embedding cache). Each finished
 (model, corruption, severity) condition is appended to ``results.partial.csv``; a rerun into the
@@ -45,6 +46,8 @@ from napari_clipmed.retrieval import EmbeddingIndex
 if TYPE_CHECKING:
     import pandas as pd
 
+    from napari_clipmed.models.loader import ClipModel
+
 PARTIAL = "results.partial.csv"
 RESULTS = "results.csv"
 Condition = tuple[str, str, int]  # (model, corruption, severity)
@@ -67,14 +70,34 @@ class RobustnessConfig:
     cache_dir: Path | None = None  # embedding cache for clean tiles; None: the user cache folder
     use_cache: bool = True
     device: str | None = None
+    # label -> checkpoint. A `models` entry "LABEL=PATH" lands here too. A label that names a
+    # registry model loads that model from PATH; any other label loads PATH as a "local" model
+    # (e.g. a DAPT result), so several checkpoints can be compared in one run.
+    weights: dict[str, Path] = field(default_factory=dict)
 
     def resolved(self) -> RobustnessConfig:
-        """A copy with "all" expanded and every field checked."""
+        """A copy with "all" expanded, "LABEL=PATH" model entries split, and every field checked."""
         from napari_clipmed.pathology.params import list_corruptions
 
-        models = tuple(dict.fromkeys(m.strip() for m in self.models if m.strip()))
+        weights = {label: Path(path) for label, path in self.weights.items()}
+        labels = []
+        for entry in (m.strip() for m in self.models):
+            label, _, path = (part.strip() for part in entry.partition("="))
+            if not label:
+                if entry:
+                    raise InputError(f"model entry {entry!r} has no label; write LABEL=CHECKPOINT")
+                continue
+            if path:
+                if weights.get(label, Path(path)) != Path(path):
+                    raise InputError(f"model label {label!r} is given two checkpoints")
+                weights[label] = Path(path)
+            labels.append(label)
+        models = tuple(dict.fromkeys(labels))
         if not models:
             raise InputError("name at least one model")
+        unused = sorted(set(weights) - set(models))
+        if unused:
+            raise InputError(f"checkpoints given for models not in the run: {', '.join(unused)}")
         known = list(list_corruptions())
         corr = tuple(known) if tuple(self.corruptions) in (("all",), ()) else tuple(dict.fromkeys(self.corruptions))
         unknown = [c for c in corr if c not in known]
@@ -91,10 +114,31 @@ class RobustnessConfig:
         return RobustnessConfig(
             models, corr, sev, ks, self.preset, tuple(self.templates) if self.templates else None, int(self.seed),
             self.batch_size, Path(self.out_dir), self.weights_dir, self.cache_dir, self.use_cache, self.device,
+            weights,
         )
 
     def to_dict(self) -> dict[str, object]:
-        return {k: (str(v) if isinstance(v, Path) else list(v) if isinstance(v, tuple) else v) for k, v in asdict(self).items()}
+        def plain(value: object) -> object:
+            if isinstance(value, Path):
+                return str(value)
+            if isinstance(value, tuple):
+                return list(value)
+            if isinstance(value, dict):
+                return {k: plain(v) for k, v in value.items()}
+            return value
+
+        return {k: plain(v) for k, v in asdict(self).items()}
+
+    def load_models(self) -> dict[str, ClipModel]:
+        """Every model of the run by label (call on a resolved config); a missing checkpoint fails here."""
+        from napari_clipmed.models.loader import load_model
+        from napari_clipmed.models.registry import MODELS
+
+        return {
+            label: load_model(label if label in MODELS or label not in self.weights else "local",
+                              self.weights.get(label), weights_dir=self.weights_dir, device=self.device)
+            for label in self.models
+        }
 
 
 @dataclass
@@ -227,7 +271,6 @@ def _relay(gen: ProgressGenerator, done: int, total: int, prefix: str) -> Progre
 def iter_run_robustness(tileset: TileSet, config: RobustnessConfig) -> ProgressGenerator[RobustnessResult]:
     """Run the grid (see module docstring); yields `Progress` per condition and returns the result."""
     from napari_clipmed.models.cache import EmbeddingCache
-    from napari_clipmed.models.loader import load_model
     from napari_clipmed.zeroshot import ZeroShotClassifier
 
     cfg = config.resolved()
@@ -238,7 +281,7 @@ def iter_run_robustness(tileset: TileSet, config: RobustnessConfig) -> ProgressG
     total = 1 + len(cfg.models) * (1 + len(cfg.corruptions) * len(n_sev))
     done = 0
     # models first: a missing checkpoint fails before any long work
-    models = {name: load_model(name, weights_dir=cfg.weights_dir, device=cfg.device) for name in cfg.models}
+    models = cfg.load_models()
     identities = {name: model_identity(m) for name, m in models.items()}
 
     loaded: LoadedTiles = yield from _relay(iter_load_tiles(tileset), 0, total, "reading tiles")

@@ -45,7 +45,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "in the same --out folder. Writes results.csv, summary.md and plots/*.png.",
     )
     p.add_argument("--data", required=True, type=Path, help="ImageFolder (one folder per class) or CSV manifest")
-    p.add_argument("--models", required=True, type=_csv_list, help="comma-separated model names")
+    p.add_argument("--models", required=True, type=_csv_list,
+                   help="comma-separated model names; NAME=CHECKPOINT loads that file: a registry model's "
+                        "weights, or under any other label a local checkpoint such as a DAPT result")
     p.add_argument("--corruptions", default="all", type=_csv_list, help="comma-separated, or 'all'")
     p.add_argument("--severities", default="0,1,2,3,4", type=_int_list, help="0 = clean, up to 4")
     p.add_argument("--k", default="1,5,10", type=_int_list, help="retrieval cut-offs")

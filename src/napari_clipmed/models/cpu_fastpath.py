@@ -62,6 +62,8 @@ def supports_fast_forward(visual: nn.Module) -> bool:
 
     if not _ops_available() or type(visual) is not VisionTransformer or visual.output_tokens:
         return False
+    if not all(hasattr(visual, name) for name in ("_embeds", "_pool", "pool_type", "attn_pool")):
+        return False  # open_clip before 3.0 inlines these in forward()
     if not visual.transformer.batch_first or not all(map(_is_standard_block, visual.transformer.resblocks)):
         return False
     return all(p.dtype == torch.float32 and p.device.type == "cpu" for p in visual.parameters())
