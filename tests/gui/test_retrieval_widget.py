@@ -206,6 +206,29 @@ def test_bad_inputs_notify_and_add_nothing(qtbot, widget: RetrievalWidget, galle
     assert len(viewer.layers) == n_layers and not (tmp_path / "x.csv").exists()
 
 
+def test_index_from_a_manifest(qtbot, widget: RetrievalWidget, gallery: Path, tmp_path: Path) -> None:
+    """A CSV manifest (path,label; relative paths) chosen in the widget wins over the folder field."""
+    load_tiny(widget)
+    rows = ["path,label,split"]
+    for i in range(4):
+        rows += [f"gallery/carcinoma/carcinoma_{i}.png,tumour,test", f"gallery/skin/skin_{i}.png,normal,test"]
+    manifest = tmp_path / "tiles.csv"
+    manifest.write_text("\n".join(rows) + "\n")
+    widget.folder.value = gallery  # 12 readable tiles: not what gets indexed
+    widget.manifest.value = manifest
+    widget.build_button.native.click()
+    wait_done(qtbot, widget, widget.worker)
+    assert widget.last_error is None, widget.last_error
+    index = widget.index
+    assert len(index) == 8 and sorted(set(index.labels.tolist())) == ["normal", "tumour"]
+    assert Path(index.ids[0]).name == "carcinoma_0.png" and index.labels[0] == "tumour"
+    np.testing.assert_allclose(index.embeddings[0], widget.session.model.encode_images(
+        [np.asarray(Image.open(gallery / "carcinoma" / "carcinoma_0.png").convert("RGB"))])[0], atol=1e-5)
+    widget.manifest.value = tmp_path / "nothing.txt"
+    (tmp_path / "nothing.txt").write_text("x")
+    assert widget.build_index() is None and "CSV manifest" in widget.last_error
+
+
 def test_flat_folder_index_and_grid_without_viewer(tiny_model, tmp_path: Path, sources) -> None:
     from napari_clipmed._widgets._gallery import hits_frame, hits_grid, index_folder
 

@@ -1,8 +1,8 @@
-"""Retrieval gallery: index a folder of tiles, and turn hits into a grid image + table (+ CSV).
+"""Retrieval gallery: index a folder (or CSV manifest) of tiles, and turn hits into a grid image + table (+ CSV).
 
 Viewer-free (no Qt, no napari): the retrieval widget runs `iter_index_folder` in a worker and
-`napari_clipmed.api` can call these functions directly. Labels come from class sub-folders
-(ImageFolder layout); a flat folder of images gives an index without labels.
+`napari_clipmed.api` can call these functions directly. Labels come from a manifest's label column
+or from class sub-folders (ImageFolder layout); a flat folder of images gives an index without labels.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from napari_clipmed._widgets._path_layers import boxes_to_rectangles, display_uint8
-from napari_clipmed.datasets import IMAGE_EXTENSIONS, iter_read_images, load_imagefolder, read_image
+from napari_clipmed.datasets import IMAGE_EXTENSIONS, iter_read_images, load_imagefolder, load_manifest, read_image
 from napari_clipmed.errors import InputError
 from napari_clipmed.progress import Progress, ProgressGenerator, run_generator
 from napari_clipmed.retrieval import EmbeddingIndex
@@ -41,12 +41,16 @@ def _images_in(folder: Path) -> list[Path]:
     )
 
 
-def list_gallery(folder: str | os.PathLike[str]) -> tuple[list[Path], list[str] | None]:
-    """Image paths and labels: ImageFolder (``ROOT/<label>/**/image``) when sub-folders hold images,
-    else the images directly in `folder` (labels None)."""
-    root = Path(folder)
+def list_gallery(source: str | os.PathLike[str]) -> tuple[list[Path], list[str] | None]:
+    """Image paths and labels of a gallery: a CSV manifest (``path,label[,split]``, relative paths
+    from the manifest's folder); ImageFolder (``ROOT/<label>/**/image``) when sub-folders hold
+    images; else the images directly in the folder (labels None)."""
+    root = Path(source)
+    if root.is_file() and root.suffix.lower() == ".csv":
+        tiles = load_manifest(root)
+        return list(tiles.paths), [str(x) for x in tiles.label_names]
     if not root.is_dir():
-        raise InputError(f"{root} is not a folder: choose a folder of image tiles")
+        raise InputError(f"{root} is neither a folder of image tiles nor a .csv manifest")
     subdirs = [p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")]
     if any(any(q.suffix.lower() in IMAGE_EXTENSIONS for q in d.rglob("*")) for d in subdirs):
         tiles = load_imagefolder(root)
@@ -62,7 +66,7 @@ def list_gallery(folder: str | os.PathLike[str]) -> tuple[list[Path], list[str] 
 
 @dataclass
 class GalleryBuild:
-    """An index built from a folder, with the files that could not be read."""
+    """An index built from a folder or manifest, with the files that could not be read."""
 
     index: EmbeddingIndex
     root: Path
@@ -81,7 +85,8 @@ def iter_index_folder(
     batch_size: int = 64,
     chunk: int = READ_CHUNK,
 ) -> ProgressGenerator[GalleryBuild]:
-    """Embed every readable image under `folder` into an `EmbeddingIndex` (ids = file paths)."""
+    """Embed every readable image of `folder` (a folder or a CSV manifest, see `list_gallery`) into an
+    `EmbeddingIndex` (ids = file paths)."""
     paths, labels = list_gallery(folder)
     total = len(paths)
     parts: list[np.ndarray] = []

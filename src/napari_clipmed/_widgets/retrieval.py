@@ -1,5 +1,5 @@
-"""Retrieval widget: index a folder of tiles (or load a saved index), query with a layer or a drawn
-rectangle, and show the top-k hits as an image grid with similarity and label per cell.
+"""Retrieval widget: index a folder or CSV manifest of tiles (or load a saved index), query with a
+layer or a drawn rectangle, and show the top-k hits as an image grid with similarity and label per cell.
 
 Building, embedding the query and searching run in a worker (progress + cancel); layers are
 only added in the result handler, so a cancelled or failed run leaves the viewer as it was.
@@ -71,6 +71,10 @@ class RetrievalWidget(ClipmedWidget):
         self.folder = FileEdit(
             label="tile folder", mode="d", tooltip="ImageFolder (one sub-folder per label) or a flat folder of tiles"
         )
+        self.manifest = FileEdit(
+            label="or manifest", mode="r", filter="*.csv",
+            tooltip="CSV with columns path,label[,split]; used instead of the folder when chosen",
+        )
         self.build_button = PushButton(text="Build index")
         self.index_file = FileEdit(label="index file", mode="r", filter="*.npz")
         self.load_button = PushButton(text="Load index")
@@ -83,10 +87,10 @@ class RetrievalWidget(ClipmedWidget):
         self.csv_file = FileEdit(label="export to", mode="w", filter="*.csv")
         self.export_button = PushButton(text="Export CSV")
         self.form.extend(
-            [self.folder, self.build_button, self.index_file, self.load_button, self.save_file, self.save_button,
+            [self.folder, self.manifest, self.build_button, self.index_file, self.load_button, self.save_file, self.save_button,
              self.query_mode, self.image_layer, self.shapes_layer, self.k]
         )
-        self.index_status = QLabel("no index: build one from a folder or load a saved one")
+        self.index_status = QLabel("no index: build one from a folder or manifest, or load a saved one")
         self.index_status.setWordWrap(True)
         self.table = QTableWidget(0, 4)
         self.table.setHorizontalHeaderLabels(["rank", "label", "similarity", "path"])
@@ -109,12 +113,14 @@ class RetrievalWidget(ClipmedWidget):
         self.index_status.setText(f"index: {len(index)} tiles{labels}; model {index.model_id or 'unknown'} ({origin})")
 
     def build_index(self, *_: object) -> object | None:
-        """Embed the tiles of the chosen folder (in a worker) into a new index."""
+        """Embed the tiles of the chosen manifest or folder (in a worker) into a new index."""
         try:
             model = self.session.require()
-            folder = _path_value(self.folder)
-            if folder is None or not folder.is_dir():
-                raise InputError("choose the folder of tiles to index (ImageFolder or a flat folder)")
+            folder = _path_value(self.manifest) or _path_value(self.folder)
+            if folder is None or not (folder.is_dir() or (folder.is_file() and folder.suffix.lower() == ".csv")):
+                raise InputError(
+                    "choose the tiles to index: a folder (ImageFolder or flat) or a CSV manifest (path,label)"
+                )
         except ClipmedError as err:
             self.fail(str(err))
             return None
