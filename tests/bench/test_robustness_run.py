@@ -185,7 +185,7 @@ def test_bad_model_entries_are_refused_before_any_work(tile_root: Path, tmp_path
         _config(out, models=("a=one.pt", "a=two.pt")).resolved()
     with pytest.raises(InputError, match="checkpoints given for models not in the run: b"):
         _config(out, models=("tiny-random",), weights={"b": Path("b.pt")}).resolved()
-    with pytest.raises(WeightsNotFoundError, match="does not exist"):
+    with pytest.raises(WeightsNotFoundError, match="checkpoint given for model 'mine', .*missing.pt, does not exist"):
         run_robustness(ts, _config(out, models=("tiny-random", f"mine={tmp_path / 'missing.pt'}")))
     assert not out.exists()
 

@@ -131,9 +131,13 @@ class RobustnessConfig:
 
     def load_models(self) -> dict[str, ClipModel]:
         """Every model of the run by label (call on a resolved config); a missing checkpoint fails here."""
+        from napari_clipmed.errors import WeightsNotFoundError
         from napari_clipmed.models.loader import load_model
         from napari_clipmed.models.registry import MODELS
 
+        for label, path in self.weights.items():
+            if not path.expanduser().exists():
+                raise WeightsNotFoundError(f"the checkpoint given for model {label!r}, {path}, does not exist")
         return {
             label: load_model(label if label in MODELS or label not in self.weights else "local",
                               self.weights.get(label), weights_dir=self.weights_dir, device=self.device)
