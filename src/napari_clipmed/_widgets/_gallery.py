@@ -41,16 +41,21 @@ def _images_in(folder: Path) -> list[Path]:
     )
 
 
+def is_gallery_source(path: Path) -> bool:
+    """Whether `path` is something `list_gallery` reads: a folder or a ``.csv`` manifest file."""
+    return path.is_dir() or (path.is_file() and path.suffix.lower() == ".csv")
+
+
 def list_gallery(source: str | os.PathLike[str]) -> tuple[list[Path], list[str] | None]:
     """Image paths and labels of a gallery: a CSV manifest (``path,label[,split]``, relative paths
     from the manifest's folder); ImageFolder (``ROOT/<label>/**/image``) when sub-folders hold
     images; else the images directly in the folder (labels None)."""
     root = Path(source)
-    if root.is_file() and root.suffix.lower() == ".csv":
+    if not is_gallery_source(root):
+        raise InputError(f"{root} is neither a folder of image tiles nor a .csv manifest")
+    if root.is_file():
         tiles = load_manifest(root)
         return list(tiles.paths), [str(x) for x in tiles.label_names]
-    if not root.is_dir():
-        raise InputError(f"{root} is neither a folder of image tiles nor a .csv manifest")
     subdirs = [p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")]
     if any(any(q.suffix.lower() in IMAGE_EXTENSIONS for q in d.rglob("*")) for d in subdirs):
         tiles = load_imagefolder(root)

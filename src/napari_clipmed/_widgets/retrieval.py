@@ -22,6 +22,7 @@ from napari_clipmed._widgets._gallery import (
     atomic_write_csv,
     hits_frame,
     hits_grid,
+    is_gallery_source,
     iter_index_folder,
     model_id_of,
     placed_hit_layers,
@@ -116,8 +117,8 @@ class RetrievalWidget(ClipmedWidget):
         """Embed the tiles of the chosen manifest or folder (in a worker) into a new index."""
         try:
             model = self.session.require()
-            folder = _path_value(self.manifest) or _path_value(self.folder)
-            if folder is None or not (folder.is_dir() or (folder.is_file() and folder.suffix.lower() == ".csv")):
+            source = _path_value(self.manifest) or _path_value(self.folder)
+            if source is None or not is_gallery_source(source):
                 raise InputError(
                     "choose the tiles to index: a folder (ImageFolder or flat) or a CSV manifest (path,label)"
                 )
@@ -133,7 +134,7 @@ class RetrievalWidget(ClipmedWidget):
                 notify_info(f"skipped {len(build.failed)} unreadable file(s), e.g. {build.failed[0][0]}")
 
         return self.run_job(
-            lambda: iter_index_folder(model, folder, cache=EmbeddingCache()), done, description=f"indexing {folder} ..."
+            lambda: iter_index_folder(model, source, cache=EmbeddingCache()), done, description=f"indexing {source} ..."
         )
 
     def load_index(self, *_: object) -> None:
