@@ -30,18 +30,20 @@ class CountingEncoder:
 def test_second_run_does_no_model_work(tiny, tmp_path) -> None:
     cache = EmbeddingCache(tmp_path)
     counter = CountingEncoder(tiny.module)
-    images = RNG.integers(0, 256, (12, 64, 64, 3), dtype=np.uint8)
-    first = tiny.encode_images(images, cache=cache, batch_size=5)
-    assert counter.images == 12
-    second = tiny.encode_images(images, cache=cache)
-    assert counter.images == 12
-    np.testing.assert_array_equal(first, second)
-    # Partly new input: only the new images run.
-    more = np.concatenate([images[:4], RNG.integers(0, 256, (3, 64, 64, 3), dtype=np.uint8)])
-    third = tiny.encode_images(more, cache=cache)
-    assert counter.images == 15
-    np.testing.assert_array_equal(third[:4], first[:4])
-    counter.hook.remove()
+    try:
+        images = RNG.integers(0, 256, (12, 64, 64, 3), dtype=np.uint8)
+        first = tiny.encode_images(images, cache=cache, batch_size=5)
+        assert counter.images == 12
+        second = tiny.encode_images(images, cache=cache)
+        assert counter.images == 12
+        np.testing.assert_array_equal(first, second)
+        # Partly new input: only the new images run.
+        more = np.concatenate([images[:4], RNG.integers(0, 256, (3, 64, 64, 3), dtype=np.uint8)])
+        third = tiny.encode_images(more, cache=cache)
+        assert counter.images == 15
+        np.testing.assert_array_equal(third[:4], first[:4])
+    finally:
+        counter.hook.remove()  # the model is shared by the module's tests
 
 
 def test_keys_separate_models_and_content(tiny, tmp_path) -> None:
