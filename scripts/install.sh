@@ -19,5 +19,5 @@ PYTHON="${PYTHON:-python3}"
 if [ ! -x .venv/bin/python ]; then "$PYTHON" -m venv .venv; fi
 .venv/bin/python -m pip install -q --upgrade pip
 # torch 2.14.1 pairs with torchvision 0.29.1 (open_clip needs torchvision).
-.venv/bin/python -m pip install -q "torch==2.14.1" "torchvision==0.29.1" -e ".[test]"
+.venv/bin/python -m pip install -q "torch==2.14.1" "torchvision==0.29.1" -e ".[test,slides,cluster,models]"
 echo "installed: $(.venv/bin/python -c 'import napari_clipmed, torch, open_clip, napari; print("napari-clipmed", napari_clipmed.__version__, "| torch", torch.__version__, "| open_clip", open_clip.__version__, "| napari", napari.__version__)')"
