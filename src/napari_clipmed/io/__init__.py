@@ -1,0 +1,1 @@
+"""Readers and writers: slides (lazy pyramids), atomic file output."""
