@@ -1,1 +1,4 @@
-"""Readers and writers: slides (lazy pyramids), atomic file output."""
+"""Input and output that every operation shares: the one atomic-write helper (`io.atomic`).
+
+Kept light: importing this package loads nothing heavy; import the submodules.
+"""
