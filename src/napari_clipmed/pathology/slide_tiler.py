@@ -146,8 +146,9 @@ def make_grid(
     )
 
 
-def read_box(slide: Slide, level: int, box: np.ndarray | tuple[float, ...], size: int) -> np.ndarray:
-    """The level-0 `box` (y0, x0, y1, x1) read from `level` and resized to `size` x `size` RGB uint8."""
+def read_box(slide: Slide, level: int, box: np.ndarray | tuple[float, ...], size: int | tuple[int, int]) -> np.ndarray:
+    """The level-0 `box` (y0, x0, y1, x1) read from `level` and resized to `size` (side, or (h, w)) RGB uint8."""
+    out_h, out_w = (size, size) if isinstance(size, (int, np.integer)) else size
     from PIL import Image
 
     ds = slide.downsamples[level]
@@ -155,11 +156,11 @@ def read_box(slide: Slide, level: int, box: np.ndarray | tuple[float, ...], size
     iy0, ix0 = math.floor(fy0), math.floor(fx0)
     iy1, ix1 = math.ceil(fy1 - 1e-9), math.ceil(fx1 - 1e-9)
     region = slide.read_region(level, iy0, ix0, iy1 - iy0, ix1 - ix0)
-    if region.shape[:2] == (size, size) and (fy0, fx0) == (iy0, ix0) and (fy1 - fy0) == size:
+    if region.shape[:2] == (out_h, out_w) and (fy0, fx0, fy1, fx1) == (iy0, ix0, iy1, ix1):
         return region
     image = Image.fromarray(region)
     resized = image.resize(
-        (size, size), Image.Resampling.BILINEAR, box=(fx0 - ix0, fy0 - iy0, fx1 - ix0, fy1 - iy0)
+        (out_w, out_h), Image.Resampling.BILINEAR, box=(fx0 - ix0, fy0 - iy0, fx1 - ix0, fy1 - iy0)
     )
     return np.asarray(resized)
 
