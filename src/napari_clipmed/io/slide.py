@@ -133,13 +133,21 @@ def is_slide_path(path: str | os.PathLike[str]) -> bool:
     return name.endswith(TIFF_SUFFIXES + OPENSLIDE_SUFFIXES) or name.endswith(".dcm") or _is_dicom_folder(Path(path))
 
 
-def open_slide(path: str | os.PathLike[str], mpp: float | None = None) -> Slide:
-    """Open a slide lazily; `mpp` (µm per level-0 pixel) overrides or supplies the file's pixel size."""
+def open_slide(path: str | os.PathLike[str], mpp: float | None = None, backend: str | None = None) -> Slide:
+    """Open a slide lazily; `mpp` (µm per level-0 pixel) overrides or supplies the file's pixel size.
+
+    `backend` ("tifffile", "openslide", "wsidicom", "flat") forces a reader; by default the name decides.
+    """
     p = Path(path)
     if not p.exists():
         raise InputError(f"no such slide: {p}")
     name = p.name.lower()
-    if p.is_dir() or name.endswith(".dcm"):
+    openers = {"tifffile": _open_tiff, "openslide": _open_openslide, "wsidicom": _open_dicom, "flat": _open_flat}
+    if backend is not None:
+        if backend not in openers:
+            raise InputError(f"unknown slide backend {backend!r}; one of {', '.join(openers)}")
+        slide = openers[backend](p)
+    elif p.is_dir() or name.endswith(".dcm"):
         slide = _open_dicom(p)
     elif name.endswith(FLAT_SUFFIXES):
         slide = _open_flat(p)

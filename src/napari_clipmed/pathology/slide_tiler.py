@@ -4,8 +4,8 @@ The grid lives in level-0 pixels: a tile of `tile` px at `target_mpp` µm/px cov
 `tile * target_mpp / slide.mpp` level-0 px (448 px for 224 px at 0.5 µm/px on a 0.25 µm/px scan),
 so every tile knows its box on the slide. Each tile is read from the coarsest level that is still
 at least as fine as the target (`Slide.best_level`), as the integer region that covers its box on
-that level, and resized to `tile` px by Pillow's antialiased bilinear filter with the box's exact,
-fractional position. Only tiles are read, never a whole level; a few reader threads fetch the next
+that level, and resized to `tile` px by Pillow (area averaging when shrinking, bilinear when a
+slide is coarser than the target) with the box's exact, fractional position. Only tiles are read, never a whole level; a few reader threads fetch the next
 batches while the model encodes the current one.
 """
 
@@ -159,8 +159,9 @@ def read_box(slide: Slide, level: int, box: np.ndarray | tuple[float, ...], size
     if region.shape[:2] == (out_h, out_w) and (fy0, fx0, fy1, fx1) == (iy0, ix0, iy1, ix1):
         return region
     image = Image.fromarray(region)
+    shrink = (fx1 - fx0) >= out_w and (fy1 - fy0) >= out_h
     resized = image.resize(
-        (out_w, out_h), Image.Resampling.BILINEAR, box=(fx0 - ix0, fy0 - iy0, fx1 - ix0, fy1 - iy0)
+        (out_w, out_h), Image.Resampling.BOX if shrink else Image.Resampling.BILINEAR, box=(fx0 - ix0, fy0 - iy0, fx1 - ix0, fy1 - iy0)
     )
     return np.asarray(resized)
 
