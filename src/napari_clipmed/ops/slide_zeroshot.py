@@ -137,10 +137,12 @@ class SlideZeroShotResult:
         return heat
 
     def to_frame(self) -> pd.DataFrame:
-        """The tile table: grid position, level-0 box (px and µm), tissue, probability per class, prediction."""
+        """The tile table: grid position, level-0 box (px and µm), tissue, probability and cosine per class, prediction."""
         frame = self.grid.to_frame()
         for c, name in enumerate(self.classes):
             frame[f"p({name})"] = self.probabilities[:, c]
+        for c, name in enumerate(self.classes):
+            frame[f"sim({name})"] = self.similarities[:, c]
         frame["predicted"] = [self.classes[i] for i in np.argmax(self.probabilities, axis=1)]
         return frame
 
