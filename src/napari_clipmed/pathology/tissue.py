@@ -3,7 +3,7 @@
 `tissue_mask` separates stained tissue from the bright, grey glass by Otsu's threshold
 (scikit-image) on the square root of HSV saturation, then removes specks and fills small holes.
 Marker ink is saturated too, so `ink_mask` removes it with the ink colour model of
-`pathology.markup`: a pixel's optical density (-log of its transmittance) points along the ink's
+`pathology.ink` (shared with the markup corruption): a pixel's optical density (-log of its transmittance) points along the ink's
 absorbance direction. Green and blue inks absorb red more than green (OD_G / OD_R of 0.52 and 0.71),
 while haematoxylin and eosin absorb green at least as much as red; black ink is dark and neutral.
 
@@ -98,7 +98,7 @@ def _without_small(function: Any, mask: np.ndarray, size: int) -> np.ndarray:
 
 def ink_mask(image: np.ndarray) -> np.ndarray:
     """Boolean mask (H, W) of marker-pen ink (green, blue, black) by the measured ink colour model."""
-    from napari_clipmed.pathology.markup import INK_COLOURS
+    from napari_clipmed.pathology.ink import INK_COLOURS
 
     _check_rgb(image)
     od = -np.log((image[..., :3].astype(np.float32) + 1.0) / 256.0)
