@@ -198,12 +198,99 @@ def _open_tiff(p: Path) -> Slide:
     import dask.array as da
 
     lazy = tuple(da.from_zarr(a) for a in arrays)
+    return Slide(p, tuple(a[..., :3] if a.shape[-1] == 4 else a for a in lazy), mpp, source, "tifffile",
+                 _ChunkCache(arrays, _tile_decoders(tif, levels)).read, tif.close)
 
-    def read(level: int, y: int, x: int, h: int, w: int) -> np.ndarray:
-        # tifffile's store locks its file handle around each read; tiles decode in parallel
-        return np.asarray(arrays[level][y : y + h, x : x + w])[..., :3]
 
-    return Slide(p, tuple(a[..., :3] if a.shape[-1] == 4 else a for a in lazy), mpp, source, "tifffile", read, tif.close)
+class _ChunkCache:
+    """Region reads through the levels' own chunks (JPEG tiles), each decoded once while it stays cached.
+
+    Neighbouring slide tiles share file tiles; a least-recently-used cache of `CACHE_BYTES` keeps a
+    few rows of them, so a grid read row by row decodes every file tile about once. Chunks larger
+    than `MAX_CHUNK_BYTES` (a striped, untiled level) are not cached: the region is read directly.
+    tifffile's store locks its file handle around each read, so threads decode in parallel.
+    """
+
+    CACHE_BYTES = 96 * 2**20
+    MAX_CHUNK_BYTES = 4 * 2**20
+
+    def __init__(self, arrays: Sequence[Any], decoders: Sequence[Callable[[int, int], np.ndarray] | None]) -> None:
+        from collections import OrderedDict
+
+        self.arrays, self.decoders = arrays, decoders
+        self.cache: OrderedDict[tuple[int, int, int], np.ndarray] = OrderedDict()
+        self.bytes = 0
+        self.lock = threading.Lock()
+
+    def _chunk(self, level: int, cy: int, cx: int, ch: int, cw: int) -> np.ndarray:
+        key = (level, cy, cx)
+        with self.lock:
+            block = self.cache.get(key)
+            if block is not None:
+                self.cache.move_to_end(key)
+                return block
+        decode = self.decoders[level]
+        if decode is not None:
+            block = decode(cy, cx)
+        else:
+            block = np.asarray(self.arrays[level][cy * ch : (cy + 1) * ch, cx * cw : (cx + 1) * cw])
+        with self.lock:
+            if key not in self.cache:
+                self.cache[key] = block
+                self.bytes += block.nbytes
+                while self.bytes > self.CACHE_BYTES and len(self.cache) > 1:
+                    self.bytes -= self.cache.popitem(last=False)[1].nbytes
+        return block
+
+    def read(self, level: int, y: int, x: int, h: int, w: int) -> np.ndarray:
+        array = self.arrays[level]
+        ch, cw = (int(v) for v in array.chunks[:2])
+        if ch * cw * array.shape[-1] > self.MAX_CHUNK_BYTES:
+            return np.asarray(array[y : y + h, x : x + w])[..., :3]
+        out = np.empty((h, w, 3), dtype=np.uint8)
+        for cy in range(y // ch, (y + h - 1) // ch + 1):
+            for cx in range(x // cw, (x + w - 1) // cw + 1):
+                block = self._chunk(level, cy, cx, ch, cw)
+                y0, x0 = max(y, cy * ch), max(x, cx * cw)
+                y1, x1 = min(y + h, cy * ch + block.shape[0]), min(x + w, cx * cw + block.shape[1])
+                out[y0 - y : y1 - y, x0 - x : x1 - x] = block[y0 - cy * ch : y1 - cy * ch, x0 - cx * cw : x1 - cx * cw, :3]
+        return out
+
+
+
+def _tile_decoders(tif: Any, levels: Sequence[Any]) -> list[Callable[[int, int], np.ndarray] | None]:
+    """Per level, a direct decoder of file tile (row, col) when the level is one tiled page (else None).
+
+    It reads the tile's bytes under the file handle's lock and decodes them with the page's own
+    codec (as tifffile's zarr store does, without its per-call overhead); edge tiles are cropped.
+    """
+    out: list[Callable[[int, int], np.ndarray] | None] = []
+    for level in levels:
+        pages = level.pages
+        page = pages[0] if len(pages) == 1 else None
+        if page is None or not getattr(page, "is_tiled", False) or page.imagedepth != 1:
+            out.append(None)
+            continue
+        out.append(_page_decoder(tif.filehandle, page))
+    return out
+
+
+def _page_decoder(fh: Any, page: Any) -> Callable[[int, int], np.ndarray]:
+    th, tw = int(page.tilelength), int(page.tilewidth)
+    height, width = int(page.imagelength), int(page.imagewidth)
+    across = -(-width // tw)
+    offsets, counts = page.dataoffsets, page.databytecounts
+    decode, tables = page.decode, page.jpegtables
+
+    def tile(cy: int, cx: int) -> np.ndarray:
+        index = cy * across + cx
+        with fh.lock:
+            fh.seek(offsets[index])
+            data = fh.read(counts[index])
+        segment = decode(data, index, jpegtables=tables)[0]
+        return segment.reshape(segment.shape[-3:])[: min(th, height - cy * th), : min(tw, width - cx * tw)]
+
+    return tile
 
 
 def _check_rgb_levels(p: Path, levels: Sequence[Any]) -> None:
