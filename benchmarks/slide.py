@@ -84,9 +84,10 @@ def _peak_mb() -> float:
 
 
 def measure_open(path: str) -> dict:
-    import napari_clipmed._reader  # noqa: F401  (imports outside the timing)
     import dask.array  # noqa: F401
     import zarr  # noqa: F401
+
+    import napari_clipmed._reader  # noqa: F401  (imports outside the timing)
 
     base = _peak_mb()
     t0 = time.perf_counter()
@@ -119,7 +120,7 @@ def measure_tiler(path: str, mode: str, limit: int) -> dict:
             level = tif.series[0].levels[grid.level].asarray()
         ds, t = grid.level_downsample, grid.tile
         for y0, x0, _, _ in grid.boxes[:n]:
-            y, x = int(round(y0 / ds)), int(round(x0 / ds))
+            y, x = round(y0 / ds), round(x0 / ds)
             checksum += int(np.ascontiguousarray(level[y : y + t, x : x + t])[0, 0, 0])
     seconds = time.perf_counter() - t0
     return {"seconds": seconds, "tiles": n, "peak_mb": _peak_mb(), "added_mb": _peak_mb() - base, "checksum": checksum}

@@ -14,7 +14,7 @@ import pytest
 from napari_clipmed.errors import InputError
 from napari_clipmed.models.loader import load_model
 from napari_clipmed.ops.slide_common import SlideTiling
-from napari_clipmed.ops.slide_index import SlideIndexRequest, SlideEmbeddings, run
+from napari_clipmed.ops.slide_index import SlideEmbeddings, SlideIndexRequest, run
 
 
 def test_index_two_slides_query_a_rectangle_and_resume(slides: dict[str, Path], tmp_path: Path) -> None:

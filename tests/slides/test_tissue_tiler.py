@@ -12,7 +12,11 @@ import numpy as np
 from skimage.color import rgb2hsv
 
 from napari_clipmed.io.slide import open_slide
-from napari_clipmed.pathology.slide_tiler import iter_tile_batches, make_grid, read_tiles
+from napari_clipmed.pathology.slide_tiler import (
+    iter_tile_batches,
+    make_grid,
+    read_tiles,
+)
 from napari_clipmed.pathology.tissue import INK, TISSUE, TissueMask, detect_tissue
 
 

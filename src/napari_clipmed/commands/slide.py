@@ -53,13 +53,9 @@ def _slide_zeroshot(args: argparse.Namespace) -> int:
 
     if args.preset is None and args.classes is None:
         raise InputError("give the classes: --preset NAME (or YAML file) or --classes a,b,c")
-    prompts: Any = args.preset if args.preset is not None else [c.strip() for c in args.classes.split(",")]
-    if args.templates:
-        from napari_clipmed.ops.slide_common import as_prompts
-        from napari_clipmed.zeroshot import PromptSet
+    from napari_clipmed.zeroshot import PromptSet
 
-        base = as_prompts(prompts)
-        prompts = PromptSet.from_spec(base.classes, [t for t in args.templates.split(";")], name=base.name)
+    prompts = PromptSet.parse(args.preset if args.preset is not None else args.classes, args.templates)
     out = Path(args.out)
     tiling = _tiling(args)
     requests = [

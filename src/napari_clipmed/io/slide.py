@@ -101,7 +101,7 @@ class Slide:
     def close(self) -> None:
         self._close()
 
-    def __enter__(self) -> Slide:
+    def __enter__(self) -> Slide:  # noqa: PYI034 (frozen dataclass, no subclasses)
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -130,7 +130,7 @@ def slide_stem(path: str | os.PathLike[str]) -> str:
 def is_slide_path(path: str | os.PathLike[str]) -> bool:
     """True for names this module reads as a slide (flat images excluded)."""
     name = str(path).lower()
-    return name.endswith(TIFF_SUFFIXES + OPENSLIDE_SUFFIXES) or name.endswith(".dcm") or _is_dicom_folder(Path(path))
+    return name.endswith((*TIFF_SUFFIXES, *OPENSLIDE_SUFFIXES, ".dcm")) or _is_dicom_folder(Path(path))
 
 
 def open_slide(path: str | os.PathLike[str], mpp: float | None = None, backend: str | None = None) -> Slide:
@@ -405,7 +405,7 @@ def _open_openslide(p: Path) -> Slide:
     def read(level: int, y: int, x: int, h: int, w: int) -> np.ndarray:
         ds = downsamples[level]
         with lock:
-            image = handle.read_region((int(round(x * ds)), int(round(y * ds))), level, (w, h))
+            image = handle.read_region((round(x * ds), round(y * ds)), level, (w, h))
         rgba = np.asarray(image)
         return _flatten_rgba(rgba)
 

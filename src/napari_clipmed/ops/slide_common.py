@@ -9,7 +9,6 @@ batch so a cancelled run stops reading.
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -112,8 +111,8 @@ def iter_embed_grid(slide: Slide, grid: TileGrid, model: Any, batch_size: int = 
 
 
 def model_identity(model: Any) -> str:
-    """The model's one identity (`ClipModel.identity`; its signature on older builds)."""
-    return str(getattr(model, "identity", None) or getattr(model, "signature", "") or type(model).__name__)
+    """The model's one identity (`ClipModel.identity`), as written next to outputs and checked on resume."""
+    return str(model.identity)
 
 
 def slide_geometry_args(slide_mpp: float, geometry: Any | None) -> tuple[np.ndarray, np.ndarray]:
@@ -132,16 +131,7 @@ def rectangles(boxes: np.ndarray) -> list[np.ndarray]:
 
 
 def as_prompts(spec: Any) -> Any:
-    """A PromptSet from a PromptSet, a preset name or file, a class list or a class mapping."""
-    from napari_clipmed import zeroshot
+    """A PromptSet by the one prompt syntax (`PromptSet.parse`: preset, file, class text, list or mapping)."""
+    from napari_clipmed.zeroshot import PromptSet
 
-    parse = getattr(zeroshot.PromptSet, "parse", None)
-    if parse is not None:
-        return parse(spec)
-    if isinstance(spec, zeroshot.PromptSet):
-        return spec
-    if isinstance(spec, str) and "," not in spec:
-        return zeroshot.load_preset(spec)
-    if isinstance(spec, (str, Sequence, Mapping)):
-        return zeroshot.PromptSet.from_spec(spec)
-    raise InputError(f"prompts are a preset name, a list of classes or a mapping; got {type(spec).__name__}")
+    return PromptSet.parse(spec)

@@ -72,7 +72,12 @@ class SlideEmbeddings:
         return slide_stem(self.slide)
 
     def save(self, folder: str | Path) -> Path:
-        from napari_clipmed.io.atomic import atomic_dir, write_frame, write_json, write_npy
+        from napari_clipmed.io.atomic import (
+            atomic_dir,
+            write_frame,
+            write_json,
+            write_npy,
+        )
 
         g = self.grid
         with atomic_dir(folder) as tmp:

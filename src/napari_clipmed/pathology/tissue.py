@@ -79,7 +79,7 @@ def tissue_mask(image: np.ndarray, min_size: int | None = None) -> np.ndarray:
     mask = sat > otsu_threshold(sat)
     if min_size is None:
         min_size = max(64, int(1e-4 * h * w))
-    small = max(1, int(round(min_size / step**2)))
+    small = max(1, round(min_size / step**2))
     mask = opening(mask, np.ones((3, 3), bool))
     mask = _without_small(remove_small_objects, mask, small)
     mask = _without_small(remove_small_holes, mask, small)  # fill holes smaller than min_size
