@@ -13,24 +13,7 @@ import numpy as np
 import pytest
 import tifffile
 from PIL import Image
-
-DATA = Path(__file__).resolve().parents[3] / "shared" / "data" / "pathology"
-SVS = DATA / "cmu_small_region.svs"
-PNG = DATA / "he_carcinoma_tiatoolbox.png"
-MPP = 0.25
-
-
-def write_pyramid(path: Path, level0: np.ndarray, levels: int = 3, mpp: float | None = MPP) -> list[np.ndarray]:
-    """A pyramidal tiled TIFF (JPEG) with each level the 2x box reduction of the one above."""
-    images = [level0]
-    for _ in range(levels - 1):
-        images.append(np.asarray(Image.fromarray(images[-1]).reduce(2)))
-    extra = {"resolution": (1e4 / mpp, 1e4 / mpp), "resolutionunit": "CENTIMETER"} if mpp else {}
-    with tifffile.TiffWriter(path) as tw:
-        tw.write(images[0], tile=(256, 256), compression="jpeg", photometric="rgb", subifds=levels - 1, **extra)
-        for image in images[1:]:
-            tw.write(image, tile=(256, 256), compression="jpeg", photometric="rgb", subfiletype=1)
-    return images
+from slide_support import PNG, SVS, write_pyramid
 
 
 @pytest.fixture(scope="session")

@@ -13,13 +13,12 @@ import numpy as np
 import pytest
 import tifffile
 from skimage.transform import downscale_local_mean
+from slide_support import MPP
 
 from napari_clipmed import _reader
 from napari_clipmed.errors import InputError
 from napari_clipmed.io.slide import SlideWarning, open_slide
 from napari_clipmed.pathology.slide_tiler import make_grid, read_box
-
-MPP = 0.25  # µm per level-0 pixel of the test pyramid (tests/slides/conftest.py)
 
 
 def test_pyramid_opens_lazy_levels_with_their_pixel_size(slides: dict[str, Path]) -> None:

@@ -197,8 +197,8 @@ def iter_tile_batches(
             if nxt < len(chunks):
                 pending.append(pool.submit(read_tiles, slide, grid, chunks[nxt]))
             yield chunk, images
-    finally:
+    finally:  # without waiting: a reader finishes its current batch, then its thread ends
         for future in pending:
             future.cancel()
-        pool.shutdown(wait=True, cancel_futures=True)
+        pool.shutdown(wait=False, cancel_futures=True)
 

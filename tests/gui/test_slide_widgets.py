@@ -1,0 +1,93 @@
+"""Whole slides in the zero-shot widget: a lazy multiscale layer in µm, tiles read from the file at
+the target magnification, heat maps over the slide, a responsive viewer and a cancel that stops reading."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from gui_support import notification_messages, run_and_probe, wait_done
+from PIL import Image
+from slide_support import MPP, PNG, carcinoma_pyramid, write_pyramid
+
+from napari_clipmed._widgets._session import ModelChoice
+from napari_clipmed._widgets.zeroshot_labels import (
+    RECTANGLES,
+    TILES,
+    ZeroShotLabelsWidget,
+)
+from napari_clipmed.io.slide import SlideWarning
+
+MAX_LATENCY_S = 0.100
+
+
+def _widget(viewer: Any, tiny_model: Any, path: Path) -> tuple[ZeroShotLabelsWidget, Any]:
+    (layer,) = viewer.open(str(path), plugin="napari-clipmed")
+    widget = ZeroShotLabelsWidget(viewer)
+    viewer.window.add_dock_widget(widget)
+    widget.session.model, widget.session.choice = tiny_model, ModelChoice("tiny-random")
+    widget.preset.value = "custom"
+    widget.classes.value = "tumor\nstroma\nlymphocytes"
+    widget.image_layer.value = layer
+    return widget, layer
+
+
+def test_slide_zeroshot_from_the_widget(viewer: Any, qtbot: Any, tiny_model: Any, tmp_path: Path) -> None:
+    widget, layer = _widget(viewer, tiny_model, carcinoma_pyramid(tmp_path / "carcinoma.tif"))
+    assert layer.multiscale and len(layer.data) == 3 and tuple(layer.scale) == (MPP, MPP)
+    messages: list[str] = []
+    show = widget.controls.show_progress
+    widget.controls.show_progress = lambda step: (messages.append(step.message), show(step))  # type: ignore[method-assign]
+    latency, ticks = run_and_probe(qtbot, widget)
+    assert widget.last_error is None
+    assert any(m.startswith("36 tissue tiles at 0.50 µm/px from level 1") for m in messages), messages[:3]
+    heat = [lyr for lyr in viewer.layers if "p(" in lyr.name]
+    assert len(heat) == 3 and heat[0].data.shape == (6, 6)
+    np.testing.assert_allclose(heat[0].scale, (448 * MPP, 448 * MPP))
+    # heat pixel (2, 3) lies over its tile: its world centre is the centre of level-0 box [896, 1344) x [1344, 1792)
+    centre = heat[0].data_to_world((2, 3))
+    np.testing.assert_allclose(layer.world_to_data(centre), (1119.5, 1567.5), atol=1e-6)
+    top = next(lyr for lyr in viewer.layers if lyr.name.endswith("top tiles"))
+    assert {"class", "rank", "probability"} <= set(top.features.columns)
+    assert any("36 tissue tiles at 0.50 µm/px from level 1" in m for m in notification_messages())
+    assert ticks >= 10 and latency < MAX_LATENCY_S, f"the event loop stalled for {latency * 1000:.0f} ms"
+
+
+def test_slide_region_cancel_and_missing_pixel_size(viewer: Any, qtbot: Any, tiny_model: Any, tmp_path: Path) -> None:
+    widget, layer = _widget(viewer, tiny_model, carcinoma_pyramid(tmp_path / "carcinoma.tif"))
+    before = len(viewer.layers)
+    worker = widget.run()
+    qtbot.waitUntil(lambda: widget.controls.progress.maximum() > 0, timeout=60_000)  # tiles are streaming
+    widget.cancel()
+    wait_done(qtbot, widget, worker, timeout=60_000)
+    assert len(viewer.layers) == before  # a cancelled run adds nothing
+    qtbot.waitUntil(lambda: not any(t.name.startswith("clipmed-tiles") for t in threading.enumerate()), timeout=10_000)
+
+    # a rectangle drawn on the slide: only the tiles of that region
+    shapes = viewer.add_shapes([np.array([[0, 0], [0, 300], [300, 300], [300, 0]]) * 1.0], shape_type="rectangle")
+    widget.shapes_layer.value = shapes
+    widget.mode.value = RECTANGLES
+    worker = widget.run()
+    wait_done(qtbot, widget, worker, timeout=60_000)
+    heat = [lyr for lyr in viewer.layers if "p(" in lyr.name]
+    assert widget.last_error is None and heat and heat[0].data.shape == (2, 2)  # 300 µm = 1200 px = 2 tiles of 448
+
+    # a slide that does not say its pixel size: one clear message and no layer, until the user gives it
+    path = tmp_path / "no_mpp.tif"
+    write_pyramid(path, np.asarray(Image.open(PNG).convert("RGB")), levels=2, mpp=None)
+    with pytest.warns(SlideWarning, match="pixel size"):
+        (plain,) = viewer.open(str(path), plugin="napari-clipmed")
+    widget.image_layer.value = plain
+    widget.mode.value = TILES
+    count = len(viewer.layers)
+    worker = widget.run()
+    if worker is not None:
+        wait_done(qtbot, widget, worker)
+    assert len(viewer.layers) == count and "no pixel size" in (widget.last_error or "")
+    assert any("no pixel size" in m for m in notification_messages())
+    widget.slide_mpp.value = 0.5
+    wait_done(qtbot, widget, widget.run())
+    assert widget.last_error is None and len(viewer.layers) > count
