@@ -171,7 +171,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--classes", help="comma-separated class names (instead of --preset)")
     p.add_argument("--templates", help="prompt templates separated by ';', each with {}")
     p.add_argument("--top-j", type=int, default=10, help="tiles pooled per class for the slide score (MI-Zero, default 10)")
-    p.add_argument("--top-k", type=int, default=8, help="top tiles saved per class (default 8)")
+    p.add_argument("--top-k", type=int, default=5, help="top tiles saved per class (default 5)")
     p.add_argument("--table", choices=("csv", "parquet"), default="csv", help="tile table format (default csv)")
     p.add_argument("--heatmap", choices=("tiff", "zarr"), default="tiff", help="heat map format (default pyramidal TIFF)")
     p.set_defaults(func=_slide_zeroshot)

@@ -36,7 +36,14 @@ if TYPE_CHECKING:
     import pandas as pd
 
 LayerData = tuple[Any, dict[str, Any], str]
-HEAT_COLORMAPS = ("magma", "viridis", "inferno", "plasma", "cividis", "turbo")
+
+
+def heat_colormap(index: int, name: str) -> dict[str, Any]:
+    """White (probability 0) to the class's tab10 colour (1): with minimum blending, 0 leaves the slide as it is."""
+    from matplotlib import colormaps
+
+    colour = list(colormaps["tab10"](index % 10))
+    return {"colors": [[1.0, 1.0, 1.0, 1.0], colour], "name": f"clipmed p({name})"}
 
 
 @dataclass(frozen=True)
@@ -47,7 +54,7 @@ class SlideZeroShotRequest:
     prompts: Any  # PromptSet, preset name/file, class list or mapping
     tiling: SlideTiling = field(default_factory=SlideTiling)
     top_j: int = 10
-    top_k: int = 8
+    top_k: int = 5
     out: str | None = None
     table_format: str = "csv"  # or "parquet"
     heatmap_format: str = "tiff"  # pyramidal TIFF, or "zarr"
@@ -163,9 +170,9 @@ class SlideZeroShotResult:
                 "name": f"{self.name}: p({name})",
                 "scale": tuple(float(v) for v in heat_scale),
                 "translate": tuple(float(v) for v in heat_translate),
-                "colormap": HEAT_COLORMAPS[c % len(HEAT_COLORMAPS)],
+                "colormap": heat_colormap(c, name),
                 "contrast_limits": (0.0, 1.0),
-                "opacity": 0.5,
+                "blending": "minimum",  # white (p = 0, and cells off tissue) leaves the slide unchanged
                 "visible": c == 0,
                 "metadata": {"slide": self.slide, "class": name, "tile_um": self.grid.side * self.grid.slide_mpp},
             }
@@ -182,7 +189,7 @@ class SlideZeroShotResult:
                 "edge_color": "class",
                 "face_color": "transparent",
                 "features": ranking,
-                "text": {"string": "{class} #{rank}: {probability:.2f}", "size": 10, "color": "white"},
+                "text": {"string": "{class} #{rank}", "size": 8, "color": "white", "anchor": "upper_left"},
             }
             layers.append((rectangles(boxes), kwargs, "shapes"))
         return layers
