@@ -57,7 +57,7 @@ def test_slide_zeroshot_from_the_widget(viewer: Any, qtbot: Any, tiny_model: Any
 
 
 def test_slide_region_cancel_and_missing_pixel_size(viewer: Any, qtbot: Any, tiny_model: Any, tmp_path: Path) -> None:
-    widget, layer = _widget(viewer, tiny_model, carcinoma_pyramid(tmp_path / "carcinoma.tif"))
+    widget, _layer = _widget(viewer, tiny_model, carcinoma_pyramid(tmp_path / "carcinoma.tif"))
     before = len(viewer.layers)
     worker = widget.run()
     qtbot.waitUntil(lambda: widget.controls.progress.maximum() > 0, timeout=60_000)  # tiles are streaming
@@ -91,3 +91,25 @@ def test_slide_region_cancel_and_missing_pixel_size(viewer: Any, qtbot: Any, tin
     widget.slide_mpp.value = 0.5
     wait_done(qtbot, widget, widget.run())
     assert widget.last_error is None and len(viewer.layers) > count
+
+
+def test_slide_retrieval_from_the_widget(viewer: Any, qtbot: Any, tiny_model: Any, tmp_path: Path) -> None:
+    from napari_clipmed._widgets.retrieval import RetrievalWidget
+
+    (layer,) = viewer.open(str(carcinoma_pyramid(tmp_path / "carcinoma.tif")), plugin="napari-clipmed")
+    widget = RetrievalWidget(viewer)
+    viewer.window.add_dock_widget(widget)
+    widget.session.model, widget.session.choice = tiny_model, ModelChoice("tiny-random")
+    wait_done(qtbot, widget, widget.index_slides())
+    assert widget.slide_index is not None and "36 tissue tiles of 1 slide(s) at 0.50 µm/px" in widget.index_status.text()
+    # the rectangle of tile 7 ([448, 896) x [448, 896) level-0 px), drawn in µm
+    corners = np.array([[448, 448], [448, 896], [896, 896], [896, 448]]) - 0.5
+    shapes = viewer.add_shapes([corners * MPP], shape_type="rectangle")
+    widget.image_layer.value, widget.shapes_layer.value, widget.k.value = layer, shapes, 4
+    wait_done(qtbot, widget, widget.run())
+    assert widget.last_error is None and widget.hits is not None
+    assert widget.hits.loc[0, "tile"] == 7 and widget.hits.loc[0, "similarity"] > 0.9999
+    boxes = next(lyr for lyr in viewer.layers if lyr.name == "carcinoma: hits")
+    np.testing.assert_allclose(boxes.scale, (MPP, MPP))
+    np.testing.assert_allclose(boxes.data[0][0], (447.5, 447.5))
+    assert widget.table.rowCount() == 4
