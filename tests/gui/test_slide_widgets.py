@@ -113,3 +113,19 @@ def test_slide_retrieval_from_the_widget(viewer: Any, qtbot: Any, tiny_model: An
     np.testing.assert_allclose(boxes.scale, (MPP, MPP))
     np.testing.assert_allclose(boxes.data[0][0], (447.5, 447.5))
     assert widget.table.rowCount() == 4
+
+
+def test_api_tissue_layer_edits_are_honoured(viewer: Any, tiny_model: Any, tmp_path: Path) -> None:
+    from napari_clipmed import api
+    from napari_clipmed._widgets._session import session_for
+
+    (layer,) = viewer.open(str(carcinoma_pyramid(tmp_path / "carcinoma.tif")), plugin="napari-clipmed")
+    session = session_for(viewer)
+    session.model, session.choice = tiny_model, ModelChoice("tiny-random")
+    tissue = api.slide_tissue(viewer, layer)
+    np.testing.assert_allclose(tissue.scale, (2 * MPP, 2 * MPP))  # computed on level 1
+    full = api.slide_zeroshot(viewer, layer, ["tumor", "stroma"], tissue_layer=tissue)
+    tissue.data[:, : tissue.data.shape[1] // 2] = 0  # the user erases the left half of the tissue
+    half = api.slide_zeroshot(viewer, layer, ["tumor", "stroma"], tissue_layer=tissue)
+    assert len(full.grid) == 36 and 0 < len(half.grid) < 36
+    assert (half.grid.boxes[:, 1] >= 1500 - 448 / 2).all()
