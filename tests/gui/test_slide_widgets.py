@@ -129,3 +129,29 @@ def test_api_tissue_layer_edits_are_honoured(viewer: Any, tiny_model: Any, tmp_p
     half = api.slide_zeroshot(viewer, layer, ["tumor", "stroma"], tissue_layer=tissue)
     assert len(full.grid) == 36 and 0 < len(half.grid) < 36
     assert (half.grid.boxes[:, 1] >= 1500 - 448 / 2).all()
+
+
+def test_corruption_explorer_reads_a_slide_region_at_the_tilers_magnification(
+    viewer: Any, qtbot: Any, tmp_path: Path
+) -> None:
+    from napari_clipmed._widgets._slide import slide_region_source
+    from napari_clipmed._widgets.corruption_explorer import CorruptionExplorerWidget
+    from napari_clipmed.io.slide import open_slide
+    from napari_clipmed.pathology.slide_tiler import read_box
+
+    path = carcinoma_pyramid(tmp_path / "carcinoma.tif")
+    (layer,) = viewer.open(str(path), plugin="napari-clipmed")
+    viewer.camera.center = (1500 * MPP, 1500 * MPP)  # the middle of the slide, in µm
+    source = slide_region_source(viewer, layer, target_mpp=0.5, side=256)
+    assert source.pixels.shape == (256, 256, 3)  # 512 level-0 px read at 0.5 µm/px
+    with open_slide(path) as slide:
+        np.testing.assert_array_equal(source.pixels, read_box(slide, 1, (1244, 1244, 1756, 1756), 256))
+    # region pixel (0, 0) covers level-0 pixels 1244..1245: its world centre is level-0 coordinate 1244.5
+    np.testing.assert_allclose(source.geometry.to_world((0, 0)), np.array([1244.5, 1244.5]) * MPP)
+
+    widget = CorruptionExplorerWidget(viewer)
+    viewer.window.add_dock_widget(widget)
+    widget.source_layer.value = layer
+    before = len(viewer.layers)
+    wait_done(qtbot, widget, widget.run(), timeout=120_000)
+    assert widget.last_error is None and len(viewer.layers) > before

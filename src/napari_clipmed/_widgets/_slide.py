@@ -52,3 +52,31 @@ def add_layer_data(viewer: Any, layers: list[tuple[Any, dict[str, Any], str]]) -
     for data, kwargs, kind in layers:
         added.append(getattr(viewer, f"add_{kind}")(data, **kwargs))
     return added
+
+
+def slide_region_source(viewer: Any, layer: Any, target_mpp: float = 0.5, side: int = 1024) -> Any:
+    """A `side` x `side` px region of a slide layer, centred on the current view, read at `target_mpp`.
+
+    For the corruption explorer: corruptions act on the pixels a model sees, i.e. at the tiler's
+    magnification, not on whatever level napari shows. The region is placed exactly over the slide.
+    """
+    from napari_clipmed._widgets._path_layers import SourceImage
+    from napari_clipmed.io.slide import open_slide
+    from napari_clipmed.pathology.slide_tiler import read_box
+
+    geometry = slide_geometry(layer)
+    with open_slide(layer.metadata["path"], mpp=layer.metadata.get("mpp")) as slide:
+        if slide.mpp is None:
+            raise InputError(f"'{layer.name}' has no pixel size; set it to read the slide at {target_mpp} µm/px")
+        f = target_mpp / slide.mpp  # level-0 px per output px
+        h0, w0 = slide.shapes[0]
+        size = min(side * f, h0, w0)
+        centre = geometry.to_pixels(np.asarray(viewer.camera.center)[-2:]) + 0.5
+        y0 = float(round(np.clip(centre[0] - size / 2, 0, h0 - size)))  # whole level-0 pixels
+        x0 = float(round(np.clip(centre[1] - size / 2, 0, w0 - size)))
+        n = max(16, round(size / f))
+        pixels = read_box(slide, slide.best_level(f), (y0, x0, y0 + size, x0 + size), n)
+    step = size / n  # level-0 px per region pixel
+    first = geometry.to_world(np.array([y0, x0]) + step / 2 - 0.5)  # world centre of the region's first pixel
+    region = Geometry(tuple(np.asarray(geometry.scale) * step), tuple(first), unit=geometry.unit)
+    return SourceImage(pixels, f"{layer.name} @{target_mpp:g} µm/px", region, (0, 0), (n, n))
