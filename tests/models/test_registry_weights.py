@@ -75,7 +75,7 @@ def test_failed_download_is_one_clear_error(tmp_path, monkeypatch) -> None:
     def boom(*args, **kwargs):
         raise ConnectionError("Failed to resolve host")
 
-    monkeypatch.setattr(huggingface_hub, "snapshot_download", boom)
+    monkeypatch.setattr(huggingface_hub.HfApi, "model_info", boom)
     with pytest.raises(WeightsNotFoundError) as info:
         resolve_weights(get_spec("plip"), weights_dir=tmp_path)
     assert info.value.__cause__ is None and info.value.__suppress_context__

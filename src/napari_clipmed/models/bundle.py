@@ -166,8 +166,8 @@ def _source(spec: ModelSpec) -> tuple[str, str, str | None]:
         arch, _, tag = ident.partition(":")
         hub = (open_clip.get_pretrained_cfg(arch, tag) or {}).get("hf_hub", "").strip("/")
         if hub:
-            org, repo_name, *rest = hub.split("/")
-            return ("hf-file", f"{org}/{repo_name}", "/".join(rest)) if rest else ("hf-hub", f"{org}/{repo_name}", None)
+            org, repo_name, *rest = hub.split("/")  # the weights only: the registry's architecture stands
+            return "hf-file", f"{org}/{repo_name}", "/".join(rest) or "open_clip_pytorch_model.bin"
     raise WeightsNotFoundError(f"model {spec.name!r}: cannot make a bundle from {spec.hub_id} (not a hub repository)")
 
 
