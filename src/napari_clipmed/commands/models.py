@@ -39,7 +39,10 @@ def _list(args: argparse.Namespace) -> int:
             found = resolve_weights(spec, weights_dir=folder, allow_download=False)
             state = "no weights needed" if found is None else f"found {found}"
         except WeightsNotFoundError:
-            state = f"missing: put {spec.weights_file} there" if spec.weights_file else "pass --weights FILE"
+            state = "pass --weights FILE"
+            if spec.weights_file:
+                folder_model = not Path(spec.weights_file).suffix and spec.weights_format != "hf_clip"
+                state = f"missing: put {'bundle folder ' if folder_model else ''}{spec.weights_file} there"
         licence = spec.licence if len(spec.licence) <= 44 else spec.licence[:41] + "..."
         gated = "yes" if spec.gated else "no"
         print(f"  {spec.name:18s} {gated:5s} {licence:44s} {state}\n  {'':18s} {spec.description}")

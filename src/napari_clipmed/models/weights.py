@@ -38,6 +38,9 @@ def _explain(spec: ModelSpec, folder: Path, reason: str) -> str:
         where = f"put the checkpoint at {folder / spec.weights_file}"
         if spec.weights_format == "hf_clip":
             where += " (a Hugging Face CLIPModel folder with config.json and model.safetensors or pytorch_model.bin, or one of those files)"
+        elif not Path(spec.weights_file).suffix:
+            where = (f"put its bundle folder at {folder / spec.weights_file} (`clipmed models pull {spec.name} "
+                     f"--to {folder / spec.weights_file}` on a connected machine makes one)")
     else:
         where = "pass the checkpoint file explicitly (weights=PATH, or --weights PATH on the command line)"
     hub = f"; online it is downloaded from {spec.hub_id}" if spec.hub_id else ""
