@@ -59,6 +59,9 @@ def test_timm_trunk_with_bert_text_tower_matches_open_clip(biomedclip_folders) -
     np.testing.assert_allclose(image, ref_image, atol=1e-4)
     np.testing.assert_allclose(text, ref_text, atol=1e-4)
     assert ours.embed_dim == 16 and ours.spec.image_size == 64 and ours.tokenizer.context_length == 32
+    from napari_clipmed.models.cpu_fastpath import supports_fast_forward
+
+    assert not supports_fast_forward(ours.module.visual)  # a timm trunk runs its own forward
 
 
 @pytest.mark.parametrize(("missing", "named"), [(["config.json"], "config.json"),
@@ -107,6 +110,10 @@ def test_coca_folder_matches_open_clip(coca_folders) -> None:
         images = _images(32)
         image, text = ours.encode_images(images), ours.encode_texts(TEXTS)
     assert type(ours.module).__name__ == "CoCa" and ours.embed_dim == 32
+    # The CPU fast path declines CoCa's attention-pooled tower; the stock forward ran (and matched below).
+    from napari_clipmed.models.cpu_fastpath import supports_fast_forward
+
+    assert ours.cpu_fastpath and not supports_fast_forward(ours.module.visual)
     ref_image, ref_text, _ = _open_clip_reference(ref, images, TEXTS)
     np.testing.assert_allclose(image, ref_image, atol=1e-4)
     np.testing.assert_allclose(text, ref_text, atol=1e-4)
