@@ -193,17 +193,17 @@ def _choose(siblings: list[str], kind: str, file: str | None) -> list[str]:
     if kind == "hf-file":
         return [file] if file in present else []
     if kind == "hf-hub":
-        weights = next((f for f in _OPEN_CLIP_WEIGHTS if f in present), None)
-        chosen = [OPEN_CLIP_CONFIG] + ([weights] if weights else [])
+        clip_weights = next((f for f in _OPEN_CLIP_WEIGHTS if f in present), None)
+        chosen = [OPEN_CLIP_CONFIG] + ([clip_weights] if clip_weights else [])
         return chosen + [f for f in siblings if f in TEXT_TOWER_FILES and f != "config.json"]
     index = next((f for f in _HF_INDEXES if f in present), None)
     if index:
         stem = index.split(".")[0]  # model / pytorch_model shards
-        weights = [index] + [f for f in siblings if f.startswith(f"{stem}-") and f.endswith((".safetensors", ".bin"))]
+        shards: list[str] = [index] + [f for f in siblings if f.startswith(f"{stem}-") and f.endswith((".safetensors", ".bin"))]
     else:
-        weights = [next((f for f in _HF_WEIGHTS if f in present), "")]
+        shards = [next((f for f in _HF_WEIGHTS if f in present), "")]
     extra = [f for f in siblings if f in TEXT_TOWER_FILES or f in _HF_EXTRA]
-    return [f for f in dict.fromkeys(weights + extra) if f]
+    return [f for f in dict.fromkeys(shards + extra) if f]
 
 
 def _download(repo: str, choose, into: Path, *, token: str | None, endpoint: str | None,

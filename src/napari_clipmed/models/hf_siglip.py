@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -23,17 +24,19 @@ from napari_clipmed.models.tokens import PaddedTokenizer, load_auto_tokenizer
 SIGLIP_TYPES = ("siglip", "siglip2")
 
 
-def _pooled(output: object) -> torch.Tensor:
+def _pooled(output: Any) -> torch.Tensor:
     return getattr(output, "pooler_output", output)  # transformers 5 returns a model output, 4 a tensor
 
 
 class SiglipNetwork(nn.Module):
     """A transformers SigLIP model behind the backend protocol's `encode_image` / `encode_text`."""
 
+    model: Any  # a transformers SiglipModel
+
     def __init__(self, model: nn.Module) -> None:
         super().__init__()
         self.model = model
-        self.embed_dim = int(model.config.vision_config.hidden_size)
+        self.embed_dim = int(self.model.config.vision_config.hidden_size)
 
     @property
     def logit_scale(self) -> torch.Tensor:

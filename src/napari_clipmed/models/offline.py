@@ -23,8 +23,8 @@ def no_network() -> Iterator[None]:
         raise NetworkBlockedError(f"network access is blocked (attempted: {args[1:] or args})")
 
     saved = (socket.socket.connect, socket.socket.connect_ex, socket.getaddrinfo, socket.create_connection)
-    socket.socket.connect = refuse  # type: ignore[method-assign]
-    socket.socket.connect_ex = refuse  # type: ignore[method-assign]
+    socket.socket.connect = refuse  # type: ignore[method-assign,assignment]
+    socket.socket.connect_ex = refuse  # type: ignore[method-assign,assignment]
     socket.getaddrinfo = refuse  # type: ignore[assignment]
     socket.create_connection = refuse  # type: ignore[assignment]
     try:
