@@ -202,3 +202,22 @@ def test_medsiglip_checkpoint_given_as_a_clip_says_which_model_loads_it(siglip_f
         load_model(as_model, weights=folder, device="cpu")
     with pytest.raises(CheckpointError, match="SigLIP checkpoint"):
         load_model(as_model, weights=folder / "model.safetensors", device="cpu")
+
+
+def test_squash_preprocessing_keeps_the_whole_field_of_view(siglip_folder) -> None:
+    """SigLIP resizes both sides (no crop): a 32 x 64 image whose left quarter is black keeps it."""
+    from napari_clipmed.models.images import preprocess_batch
+
+    image = torch.ones(1, 3, 32, 64)
+    image[..., :16] = 0.0
+    squashed = preprocess_batch(image, 32, (0.5,) * 3, (0.5,) * 3, resize="squash", interpolation="bilinear")
+    cropped = preprocess_batch(image, 32, (0.5,) * 3, (0.5,) * 3)
+    assert squashed.shape == cropped.shape == (1, 3, 32, 32)
+    assert squashed[..., :7].max() == -1.0 and squashed[..., 9:].min() == 1.0  # the black quarter, squashed
+    assert float((squashed < 0).float().mean()) == pytest.approx(0.25, abs=0.04)
+    assert cropped.min() == 1.0  # open_clip's centre crop cuts the black quarter away
+    folder, _, _ = siglip_folder
+    model = load_model("medsiglip", weights=folder, device="cpu")
+    plain = load_model("medsiglip", weights=folder, device="cpu")
+    plain.spec = plain.spec.with_changes(resize="crop", interpolation="bicubic")
+    assert model.signature != plain.signature  # the cache never mixes the two preprocessings

@@ -103,7 +103,10 @@ class ClipModel:
     def signature(self) -> str:
         """What decides an image's embedding: model, weights, preprocessing, precision, encoder version."""
         spec = self.spec
-        parts = (spec.name, spec.arch, self.weights_hash, spec.image_size, spec.mean, spec.std, self.precision, ENCODER_VERSION)
+        parts: tuple = (spec.name, spec.arch, self.weights_hash, spec.image_size, spec.mean, spec.std, self.precision,
+                        ENCODER_VERSION)
+        if (spec.resize, spec.interpolation) != ("crop", "bicubic"):  # only then, so existing caches stay valid
+            parts += (spec.resize, spec.interpolation)
         return hashlib.blake2b(repr(parts).encode(), digest_size=16).hexdigest()
 
     def iter_encode_images(
