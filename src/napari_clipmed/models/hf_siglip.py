@@ -84,7 +84,7 @@ class SiglipBackend:
         from transformers import AutoModel
 
         try:
-            model = AutoModel.from_pretrained(str(folder), local_files_only=True, dtype=torch.float32)
+            model = AutoModel.from_pretrained(str(folder), local_files_only=True).float()  # fp32; autocast on GPUs
         except (OSError, ValueError, RuntimeError) as err:
             detail = str(err).splitlines()[0][:200] if str(err) else type(err).__name__
             raise CheckpointError(f"{what}: cannot load the SigLIP weights in {folder} ({detail})") from None
