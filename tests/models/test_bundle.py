@@ -145,7 +145,10 @@ def test_gated_check_in_process_before_any_request(hub, tmp_path, monkeypatch) -
 
     for name in ("CLIPMED_OFFLINE", "HF_HUB_OFFLINE", "HF_TOKEN"):
         monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("HF_HOME", str(tmp_path / "home"))  # no stored login
+    import huggingface_hub.constants
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_TOKEN_PATH", str(tmp_path / "no-token"))  # no stored login
+    monkeypatch.setattr(huggingface_hub.constants, "HF_STORED_TOKENS_PATH", str(tmp_path / "no-tokens"))
     with pytest.raises(GatedModelError, match="gated"):
         pull("medsiglip", tmp_path / "b", endpoint=hub.url)
     assert not hub.requests and not (tmp_path / "b").exists()
