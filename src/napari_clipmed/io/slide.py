@@ -325,7 +325,7 @@ def _zarr_levels(series: Any, count: int) -> list[Any]:
     import zarr
 
     store = series.aszarr()
-    node = zarr.open(store, mode="r")
+    node: Any = zarr.open(store, mode="r")  # an array for one level, a group of "0", "1", ... for a pyramid
     if count == 1 and not hasattr(node, "keys"):
         return [node]
     return [node[str(i)] for i in range(count)]

@@ -98,7 +98,7 @@ def iter_embed_grid(slide: Slide, grid: TileGrid, model: Any, batch_size: int = 
     out = np.empty((n, model.embed_dim), dtype=np.float32)
     what = grid.describe()
     yield Progress(0, n, what)
-    batches = iter_tile_batches(slide, grid, batch_size)
+    batches = iter_tile_batches(slide, grid, batch_size)  # a generator: close() stops its readers
     try:
         done = 0
         for indices, images in batches:

@@ -171,6 +171,7 @@ class SlideIndexResult:
         hits = self.index().search(vector, min(k, sum(len(e.grid) for e in self.entries)), model_id=model_identity(model))
         entries = {e.name: e for e in self.entries}
         rows = []
+        assert hits.ids is not None  # the index is built with ids
         for rank, (hit_id, sim) in enumerate(zip(hits.ids[0], hits.similarities[0]), start=1):
             name, _, tile = str(hit_id).rpartition("#")
             e = entries[name]
@@ -180,7 +181,7 @@ class SlideIndexResult:
         import pandas as pd
 
         frame = pd.DataFrame(rows)
-        tiles = []
+        tiles: list[tuple[int, np.ndarray]] = []
         for e in self.entries:  # read each slide's hit tiles in one pass
             chosen = frame.index[frame["slide"] == e.slide]
             if len(chosen):

@@ -12,7 +12,7 @@ batches while the model encodes the current one.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Generator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -177,7 +177,7 @@ def read_tiles(slide: Slide, grid: TileGrid, indices: np.ndarray | list[int]) ->
 
 def iter_tile_batches(
     slide: Slide, grid: TileGrid, batch_size: int = 64, workers: int = 2, prefetch: int = 2
-) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+) -> Generator[tuple[np.ndarray, np.ndarray], None, None]:
     """(indices, tiles) batches in grid order, read ahead by `workers` threads (`prefetch` batches in flight).
 
     Closing the iterator (a cancelled run) drops the batches not yet started and stops reading.
