@@ -197,7 +197,25 @@ def test_without_distributed_the_message_names_the_extra(cohort_csv: Path, tmp_p
     assert not out.exists()
 
 
-def test_cli_on_a_local_cluster_leaves_no_process_or_temporary_file(cohort_csv: Path, tmp_path: Path) -> None:
+def test_tile_chunks_on_the_cluster_equal_the_in_process_store(client, tmp_path: Path) -> None:
+    from test_embed import write_tiles
+
+    from napari_clipmed.models.loader import load_model
+    from napari_clipmed.ops.embed import EmbedRequest, run
+    from napari_clipmed.retrieval import EmbeddingIndex
+
+    tiny = load_model("tiny-random", device="cpu")
+    tiles = write_tiles(tmp_path / "tiles", per_class=5)
+    local = run(EmbedRequest(tiles, tmp_path / "local", chunk_size=3), tiny)
+    remote = run(EmbedRequest(tiles, tmp_path / "remote", chunk_size=3), tiny, client=client)
+    assert remote.run.keys == local.run.keys and set(remote.run.computed) == set(remote.run.keys)
+    a, b = EmbeddingIndex.load(local.index_path), EmbeddingIndex.load(remote.index_path)
+    np.testing.assert_array_equal(b.embeddings, a.embeddings)
+    assert list(b.ids) == list(a.ids) and list(b.labels) == list(a.labels) and b.model_id == a.model_id
+    assert remote.skipped == local.skipped and len(remote.skipped) == 1
+
+
+def test_cli_on_a_local_cluster_leaves_no_process_or_temporary_file(client, cohort_csv: Path, tmp_path: Path) -> None:
     mark = f"clipmed-test-{os.getpid()}-{time.monotonic_ns()}"
     env = {**os.environ, "PYTHONPATH": SRC, "CLIPMED_TEST_MARK": mark}
     out = tmp_path / "out"
@@ -213,7 +231,8 @@ def test_cli_on_a_local_cluster_leaves_no_process_or_temporary_file(cohort_csv: 
                                                                  "004_case3"]
     assert not _temporaries(out)
     assert not _marked_processes(mark)  # the scheduler, nannies and workers all ended with the command
-    # rerun: every case reused, same table
+    # rerun on an existing scheduler (this module's): every case reused, same table
+    args[args.index("local:2")] = client.scheduler.address
     again = subprocess.run(args, env=env, capture_output=True, text=True, timeout=300)
     assert again.returncode == 0, again.stderr
     pd.testing.assert_frame_equal(pd.read_csv(out / "cases.csv"), cases)

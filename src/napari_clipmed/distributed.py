@@ -283,30 +283,41 @@ def _write_json_atomic(path: Path, obj: object) -> None:
         raise
 
 
+def write_item(out_dir: str | os.PathLike[str], key: str, outputs: Mapping[str, object]) -> bool:
+    """Write one item's outputs into ``out_dir/items/<key>/`` atomically (a temporary sibling renamed into place).
+
+    Returns False when the item was already there (finished meanwhile by another task): the first one stays.
+    """
+    out = Path(out_dir)
+    tmp = Path(tempfile.mkdtemp(dir=out / ITEMS, prefix=f".{key}{_TMP_MARK}"))
+    try:
+        _write_outputs(tmp, outputs)
+        try:
+            os.rename(tmp, item_dir(out, key))
+        except OSError:
+            if not item_dir(out, key).is_dir():
+                raise
+            shutil.rmtree(tmp, ignore_errors=True)
+            return False
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return True
+
+
 def run_one(fn: Callable[[Any, Any], Mapping[str, object]], item: Item, out_dir: str,
             model: ModelRef | ClipModel | None) -> dict:
     """Run `fn` on one item and write its outputs atomically (here or on a worker); returns a small record."""
     out = Path(out_dir)
     start = time.perf_counter()
-    tmp = Path(tempfile.mkdtemp(dir=out / ITEMS, prefix=f".{item.key}{_TMP_MARK}"))
     try:
         loaded = worker_model(model) if isinstance(model, ModelRef) else model
-        _write_outputs(tmp, fn(item.payload, loaded))
-        try:
-            os.rename(tmp, item_dir(out, item.key))
-        except OSError:  # finished meanwhile by a rerun of this task elsewhere: keep the first
-            if not item_dir(out, item.key).is_dir():
-                raise
-            shutil.rmtree(tmp, ignore_errors=True)
+        write_item(out, item.key, fn(item.payload, loaded))
     except Exception as err:  # noqa: BLE001 - any failure of one item is recorded; the others go on
-        shutil.rmtree(tmp, ignore_errors=True)
         error = f"{type(err).__name__}: {err}"
         _write_json_atomic(out / FAILED / f"{item.key}.json",
                            {"item": item.key, "error": error, "traceback": traceback.format_exc()})
         return {"key": item.key, "error": error, "seconds": time.perf_counter() - start, "pid": os.getpid()}
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return {"key": item.key, "error": "", "seconds": time.perf_counter() - start, "pid": os.getpid()}
 
 
