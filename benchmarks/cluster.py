@@ -25,7 +25,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from napari_clipmed.distributed import Item, ModelRef, cluster_client, default_torch_threads, run_items, worker_model
+from napari_clipmed.distributed import (
+    Item,
+    ModelRef,
+    cluster_client,
+    default_torch_threads,
+    run_items,
+    worker_model,
+)
 from napari_clipmed.models.registry import ModelSpec
 
 VIT_B16 = ModelSpec(name="vit-b-16-random", arch="ViT-B-16", description="random ViT-B/16 for benchmarks",
@@ -34,7 +41,8 @@ VIT_B16 = ModelSpec(name="vit-b-16-random", arch="ViT-B-16", description="random
 
 def _isa_flags() -> str:
     try:
-        flags = next(line for line in open("/proc/cpuinfo") if line.startswith("flags")).split(":")[1].split()
+        with open("/proc/cpuinfo") as fh:
+            flags = next(line for line in fh if line.startswith("flags")).split(":")[1].split()
     except (OSError, StopIteration):
         return "unknown"
     return " ".join(f for f in flags if f.startswith(("avx", "fma", "amx")))

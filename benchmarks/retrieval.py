@@ -45,7 +45,8 @@ def _median_latency(fn, queries: np.ndarray) -> float:
 
 def _isa_flags() -> str:
     try:
-        flags = next(line for line in open("/proc/cpuinfo") if line.startswith("flags")).split(":")[1].split()
+        with open("/proc/cpuinfo") as fh:
+            flags = next(line for line in fh if line.startswith("flags")).split(":")[1].split()
     except (OSError, StopIteration):
         return "unknown"
     return " ".join(f for f in flags if f.startswith(("avx", "fma", "amx", "sse4")))

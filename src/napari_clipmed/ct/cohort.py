@@ -20,7 +20,11 @@ from pathlib import Path
 import numpy as np
 
 from napari_clipmed.ct.io import read_ct
-from napari_clipmed.ct.pipeline import CTMontageConfig, iter_run_ct_montage, write_atomic
+from napari_clipmed.ct.pipeline import (
+    CTMontageConfig,
+    iter_run_ct_montage,
+    write_atomic,
+)
 from napari_clipmed.errors import InputError
 from napari_clipmed.progress import Progress, ProgressGenerator, run_generator
 
@@ -266,7 +270,6 @@ def _iter_cases_as_items(cases: list[CohortCase], model: object, cfg: CTMontageC
     errors = {f.key: f.error for f in run.failed}
     table = run.read_table("case")
     by_key = {r.pop("item"): r for r in table.to_dict("records")}
-    rows = []
     return [by_key[item.key] if item.key in by_key else _empty_row(i, case, errors.get(item.key, "not run"))
             for i, (item, case) in enumerate(zip(items, cases))]
 
