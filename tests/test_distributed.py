@@ -122,6 +122,7 @@ def test_cohort_on_the_cluster_equals_the_in_process_run(client, cohort_csv: Pat
     pd.testing.assert_frame_equal(got, expected, check_dtype=False)
     assert got.loc[2, "error"] != ""  # the broken case is reported, the others scored
     assert (got.drop(index=2)["error"] == "").all() and got.drop(index=2)["score"].notna().all()
+    assert remote.model_name == local.model_name and remote.model_name.startswith("tiny-random:")
     assert remote.auroc == local.auroc and (remote.ci_low, remote.ci_high) == (local.ci_low, local.ci_high)
     # each worker that ran a case loaded the model once, however many cases it ran
     loads = client.run(lambda: len(__import__("napari_clipmed.distributed", fromlist=["x"]).MODEL_LOADS))

@@ -30,13 +30,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from napari_clipmed.errors import ClipmedError, InputError
+from napari_clipmed.io.atomic import write_json
 from napari_clipmed.progress import Progress, ProgressGenerator, run_generator
 
 if TYPE_CHECKING:
     import pandas as pd
     from distributed import Client
 
-    from napari_clipmed.models.loader import ClipModel
+    from napari_clipmed.models.model import ClipModel
     from napari_clipmed.models.registry import ModelSpec
 
 EXTRA_HINT = "pip install 'napari-clipmed[cluster]'"
@@ -272,21 +273,12 @@ def _write_outputs(folder: Path, outputs: Mapping[str, object]) -> None:
             raise TypeError(f"item output {name!r}: cannot write a {type(value).__name__}")
 
 
-def _write_json_atomic(path: Path, obj: object) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}{_TMP_MARK}")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            json.dump(obj, fh, indent=2)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def write_item(out_dir: str | os.PathLike[str], key: str, outputs: Mapping[str, object]) -> bool:
     """Write one item's outputs into ``out_dir/items/<key>/`` atomically (a temporary sibling renamed into place).
 
-    Returns False when the item was already there (finished meanwhile by another task): the first one stays.
+    Unlike `io.atomic.atomic_dir`, a finished item is never replaced (readers may hold its files, e.g. the
+    store's memory maps): when the item is already there (a rerun of the task finished elsewhere first), the
+    new copy is dropped and False is returned.
     """
     out = Path(out_dir)
     tmp = Path(tempfile.mkdtemp(dir=out / ITEMS, prefix=f".{key}{_TMP_MARK}"))
@@ -315,7 +307,7 @@ def run_one(fn: Callable[[Any, Any], Mapping[str, object]], item: Item, out_dir:
         write_item(out, item.key, fn(item.payload, loaded))
     except Exception as err:  # noqa: BLE001 - any failure of one item is recorded; the others go on
         error = f"{type(err).__name__}: {err}"
-        _write_json_atomic(out / FAILED / f"{item.key}.json",
+        write_json(out / FAILED / f"{item.key}.json",
                            {"item": item.key, "error": error, "traceback": traceback.format_exc()})
         return {"key": item.key, "error": error, "seconds": time.perf_counter() - start, "pid": os.getpid()}
     return {"key": item.key, "error": "", "seconds": time.perf_counter() - start, "pid": os.getpid()}
@@ -354,7 +346,7 @@ def _check_fingerprint(out: Path, fingerprint: str) -> None:
         raise InputError(f"{out} holds item results of a different run (other inputs, settings or model); "
                          "choose another output folder or delete it")
     if old != fingerprint:
-        _write_json_atomic(path, {"fingerprint": fingerprint})
+        write_json(path, {"fingerprint": fingerprint})
 
 
 def iter_run_items(
@@ -409,7 +401,7 @@ def _iter_on_cluster(client: Client, fn: Callable, todo: list[Item], out: Path, 
                      failed: list[ItemFailure]) -> Iterator[Progress]:
     from distributed import wait
 
-    from napari_clipmed.models.loader import ClipModel
+    from napari_clipmed.models.model import ClipModel
 
     ref = ModelRef.of(model) if isinstance(model, ClipModel) else model
     token = os.urandom(4).hex()

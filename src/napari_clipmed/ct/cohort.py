@@ -16,17 +16,19 @@ import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from napari_clipmed.ct.io import read_ct
-from napari_clipmed.ct.pipeline import (
-    CTMontageConfig,
-    iter_run_ct_montage,
-    write_atomic,
-)
+from napari_clipmed.ct.pipeline import CTMontageConfig, iter_run_ct_montage
 from napari_clipmed.errors import InputError
+from napari_clipmed.io.atomic import atomic_write
 from napari_clipmed.progress import Progress, ProgressGenerator, run_generator
+
+if TYPE_CHECKING:
+    from napari_clipmed.distributed import ModelRef
+    from napari_clipmed.models.model import ClipModel
 
 POSITIVE = {"1", "yes", "true", "positive", "pos"}
 NEGATIVE = {"0", "no", "false", "negative", "neg"}
@@ -88,7 +90,7 @@ class CohortResult:
         }
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
-        return {name: write_atomic(out / name, data) for name, data in payloads.items()}
+        return {name: atomic_write(out / name, data) for name, data in payloads.items()}
 
 
 def read_cohort(csv_path: str | Path, class_names: Sequence[str] = ()) -> list[CohortCase]:
@@ -142,7 +144,7 @@ def _parse_label(raw: str, names: dict[str, int]) -> int | None:
 
 def iter_evaluate_cohort(
     csv_path: str | Path,
-    model: object,
+    model: ClipModel | ModelRef,
     config: CTMontageConfig | None = None,
     positive_class: str | None = None,
     n_bootstrap: int = 1000,
@@ -171,8 +173,10 @@ def iter_evaluate_cohort(
         raise InputError(f"positive class {positive!r} is not one of the montage classes {classes}")
     cases = read_cohort(csv_path, [positive] + [c for c in classes if c != positive])
     if client is not None or work_dir is not None:
-        rows = yield from _iter_cases_as_items(cases, model, cfg, positive, case_dir is not None, client, work_dir)
+        rows, identity = yield from _iter_cases_as_items(cases, model, cfg, positive, case_dir is not None, client,
+                                                         work_dir)
     else:
+        identity = model.identity  # type: ignore[union-attr]
         rows = []
         for i, case in enumerate(cases):
             row, result = yield from _iter_case(i, case, len(cases), model, cfg, positive)
@@ -190,12 +194,7 @@ def iter_evaluate_cohort(
     fpr, tpr = roc_curve(y, s)
     yield Progress(total, total, "done")
     return CohortResult(positive, rows, ci.estimate, ci.low, ci.high, ci_level, n_bootstrap, seed, fpr, tpr, cfg,
-                        _model_name(model))
-
-
-def _model_name(model: object) -> str:
-    name = getattr(getattr(model, "spec", None), "name", None) or getattr(model, "name", "")
-    return str(getattr(name, "name", name))
+                        identity)
 
 
 def case_key(i: int, case: CohortCase) -> str:
@@ -245,7 +244,7 @@ def score_case(payload: tuple, model: object) -> dict[str, object]:
 
     i, case, n, cfg, positive, save_montage = payload
     row, result = run_generator(_iter_case(i, case, n, model, cfg, positive))
-    outputs: dict[str, object] = {"case": pd.DataFrame([row])}
+    outputs: dict[str, object] = {"case": pd.DataFrame([row]), "model": model.identity}  # type: ignore[attr-defined]
     if save_montage and result is not None:
         outputs["montage"] = result
     return outputs
@@ -253,16 +252,16 @@ def score_case(payload: tuple, model: object) -> dict[str, object]:
 
 def _iter_cases_as_items(cases: list[CohortCase], model: object, cfg: CTMontageConfig, positive: str,
                          save_montage: bool, client: object | None,
-                         work_dir: str | Path | None) -> ProgressGenerator[list[dict]]:
-    """Every case as one item (in-process or on the cluster); rows in case order, failures as error rows."""
+                         work_dir: str | Path | None) -> ProgressGenerator[tuple[list[dict], str]]:
+    """Every case as one item (in-process or on the cluster): rows in case order (failures as error rows) and
+    the model identity the workers report."""
     import hashlib
 
-    from napari_clipmed.bench.tasks import model_identity
     from napari_clipmed.distributed import Item, ModelRef, iter_run_items
 
     if work_dir is None:
         raise InputError("a distributed cohort run needs a work folder for its per-case outputs")
-    identity = model.cache_key() if isinstance(model, ModelRef) else model_identity(model)  # type: ignore[arg-type]
+    identity = model.cache_key() if isinstance(model, ModelRef) else model.identity  # type: ignore[attr-defined]
     fingerprint = hashlib.blake2b(repr((identity, cfg.to_dict(), positive)).encode(), digest_size=12).hexdigest()
     items = [Item(case_key(i, c), (i, c, len(cases), cfg, positive, save_montage)) for i, c in enumerate(cases)]
     run = yield from iter_run_items(score_case, items, work_dir, model=model, client=client,  # type: ignore[arg-type]
@@ -270,11 +269,13 @@ def _iter_cases_as_items(cases: list[CohortCase], model: object, cfg: CTMontageC
     errors = {f.key: f.error for f in run.failed}
     table = run.read_table("case")
     by_key = {r.pop("item"): r for r in table.to_dict("records")}
-    return [by_key[item.key] if item.key in by_key else _empty_row(i, case, errors.get(item.key, "not run"))
+    rows = [by_key[item.key] if item.key in by_key else _empty_row(i, case, errors.get(item.key, "not run"))
             for i, (item, case) in enumerate(zip(items, cases))]
+    identities = {(run.item_dir(k) / "model").read_text(encoding="utf-8") for k in run.finished}
+    return rows, identities.pop() if len(identities) == 1 else ", ".join(sorted(identities))
 
 
-def evaluate_cohort(csv_path: str | Path, model: object, config: CTMontageConfig | None = None,
+def evaluate_cohort(csv_path: str | Path, model: ClipModel | ModelRef, config: CTMontageConfig | None = None,
                     **kwargs: object) -> CohortResult:
     """Plain-call twin of `iter_evaluate_cohort`."""
     return run_generator(iter_evaluate_cohort(csv_path, model, config, **kwargs))  # type: ignore[arg-type]

@@ -15,7 +15,6 @@ the shards, for `clipmed retrieve --gallery` and the Retrieval widget.
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -104,10 +103,9 @@ class EmbeddingStore:
 
     def write_info(self, info: dict) -> Path:
         """Describe the store's model (name, identity, signature) in ``store.json``."""
-        from napari_clipmed.ct.pipeline import write_atomic
+        from napari_clipmed.io.atomic import write_json
 
-        self.folder.mkdir(parents=True, exist_ok=True)
-        return write_atomic(self.folder / INFO_FILE, json.dumps({"signature": self.signature, **info}, indent=2).encode())
+        return write_json(self.folder / INFO_FILE, {"signature": self.signature, **info})
 
     def close(self) -> None:
         """Nothing to close (kept for the cache's interface)."""

@@ -22,7 +22,7 @@ if TYPE_CHECKING:
     import pandas as pd
 
     from napari_clipmed.distributed import Item, RunItemsResult
-    from napari_clipmed.models.loader import ClipModel
+    from napari_clipmed.models.model import ClipModel
 
 
 @dataclass(frozen=True)
@@ -105,11 +105,11 @@ class EmbedResult:
         """chunks.csv (chunk status) and skipped.csv (unreadable tiles) in `folder`, atomically."""
         import pandas as pd
 
-        from napari_clipmed.bench.report import write_csv
+        from napari_clipmed.io.atomic import write_frame
 
         out = Path(folder)
-        return {"chunks": write_csv(self.to_frame(), out / "chunks.csv"),
-                "skipped": write_csv(pd.DataFrame(list(self.skipped), columns=["path", "reason"]), out / "skipped.csv")}
+        return {"chunks": write_frame(out / "chunks.csv", self.to_frame()),
+                "skipped": write_frame(out / "skipped.csv", pd.DataFrame(list(self.skipped), columns=["path", "reason"]))}
 
     def to_layer_data(self, geometry: Any = None) -> list:
         """No layers: the store is the output."""
@@ -119,7 +119,6 @@ class EmbedResult:
 def iter_run(request: EmbedRequest, model: ClipModel, client: Any = None,
              device: str | None = None) -> ProgressGenerator[EmbedResult]:
     """Embed every chunk not in the store yet (on `client`'s workers when given); yields Progress in chunks."""
-    from napari_clipmed.bench.tasks import model_identity
     from napari_clipmed.distributed import ModelRef, iter_run_items
     from napari_clipmed.models.store import EmbeddingStore
     from napari_clipmed.retrieval import EmbeddingIndex
@@ -130,7 +129,7 @@ def iter_run(request: EmbedRequest, model: ClipModel, client: Any = None,
         raise InputError(f"{request.source} holds no images to embed")
     on_workers = ModelRef.of(model, device or model.device.type) if client is not None else model
     run = yield from iter_run_items(embed_chunk, items, store.folder, model=on_workers, client=client, message="chunks")
-    identity = model_identity(model)
+    identity = model.identity
     store.write_info({"model": model.spec.name, "identity": identity})
     arrays = [a for a in run.read_arrays("embeddings") if len(a)]
     meta = run.read_table("meta")
