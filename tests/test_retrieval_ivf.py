@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import SimpleITK  # noqa: F401 - loaded in CT sessions; its SWIG types once broke faiss.serialize_index
 
 from napari_clipmed import retrieval
 from napari_clipmed.errors import InputError

@@ -129,6 +129,28 @@ def faiss_available() -> bool:
     return True
 
 
+def _ivf_to_array(index: object) -> np.ndarray:
+    """A faiss index as bytes. Through a Python stream: `faiss.serialize_index` returns a std::vector proxy that
+    SimpleITK's SWIG bindings (loaded for CT) claim, and then fails."""
+    import io
+
+    import faiss
+
+    buffer = io.BytesIO()
+    writer = faiss.PyCallbackIOWriter(buffer.write)
+    faiss.write_index(index, writer)
+    del writer  # flushes
+    return np.frombuffer(buffer.getvalue(), dtype=np.uint8)
+
+
+def _ivf_from_array(data: np.ndarray) -> object:
+    import io
+
+    import faiss
+
+    return faiss.read_index(faiss.PyCallbackIOReader(io.BytesIO(np.asarray(data, dtype=np.uint8).tobytes()).read))
+
+
 class EmbeddingIndex:
     """A gallery of L2-normalised embeddings from one model, with exact top-k search.
 
@@ -411,9 +433,7 @@ class EmbeddingIndex:
         if self.ids is not None:
             arrays["ids"] = self.ids
         if self._ivf is not None:
-            import faiss
-
-            arrays["ivf"] = faiss.serialize_index(self._ivf)
+            arrays["ivf"] = _ivf_to_array(self._ivf)
             meta["nprobe"] = self.nprobe
             arrays["meta"] = np.array(json.dumps(meta))
         with atomic_path(path) as tmp, open(tmp, "wb") as fh:
@@ -441,8 +461,6 @@ class EmbeddingIndex:
             raise InputError(f"cannot read the index file {path}: {err}") from err
         index = cls(emb, labels=labels, ids=ids, model_id=meta.get("model_id"))
         if ivf is not None and faiss_available():
-            import faiss
-
-            index._ivf = faiss.deserialize_index(ivf)
+            index._ivf = _ivf_from_array(ivf)
             index.build_ivf(nprobe=int(meta.get("nprobe") or 0) or None)
         return index
