@@ -135,10 +135,11 @@ def _ct_eval_distributed(args: argparse.Namespace, cfg, positive: str):  # -> Co
     """One Dask task per case; per-case outputs in OUT/items/<case>/ (montages there with --save-montages)."""
     from napari_clipmed.commands._cluster import ItemBar, model_ref_from_args
     from napari_clipmed.ct.cohort import iter_evaluate_cohort
-    from napari_clipmed.distributed import ClusterSpec, cluster_client
+    from napari_clipmed.distributed import ClusterSpec, cluster_client, require_distributed
     from napari_clipmed.progress import run_generator
 
-    ClusterSpec.parse(args.cluster)  # a bad spec fails before anything starts
+    ClusterSpec.parse(args.cluster)  # a bad spec or a missing Dask fails before anything starts
+    require_distributed()
     ref = model_ref_from_args(args)
     with cluster_client(args.cluster, torch_threads=args.torch_threads) as client:
         bar = ItemBar(args.quiet, unit="case")

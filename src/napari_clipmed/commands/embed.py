@@ -9,14 +9,15 @@ from pathlib import Path
 def _embed(args: argparse.Namespace) -> int:
     from napari_clipmed.commands._cluster import ItemBar
     from napari_clipmed.commands.models import model_from_args
-    from napari_clipmed.distributed import ClusterSpec, cluster_client
+    from napari_clipmed.distributed import ClusterSpec, cluster_client, require_distributed
     from napari_clipmed.ops.embed import EmbedRequest, iter_run
     from napari_clipmed.progress import run_generator
 
     request = EmbedRequest(args.source, args.store, chunk_size=args.chunk_size, batch_size=args.batch_size,
                            split=args.split)
-    if args.cluster:
-        ClusterSpec.parse(args.cluster)  # a bad spec fails before the model loads
+    if args.cluster:  # a bad spec or a missing Dask fails before the model loads
+        ClusterSpec.parse(args.cluster)
+        require_distributed()
     model = model_from_args(args)  # here too: its signature names the store folder, a missing checkpoint fails now
     with cluster_client(args.cluster, torch_threads=args.torch_threads) as client:
         bar = ItemBar(args.quiet, unit="chunk")
