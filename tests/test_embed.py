@@ -1,4 +1,5 @@
-"""`clipmed embed` and the shared embedding store, in-process (the cluster run is in test_distributed.py).
+"""`clipmed embed` (tiles and CT patches) and the shared embedding store, in-process (the cluster run is in
+test_distributed.py).
 
 Tiles are cut from the real H&E sample; the tiny random model embeds them. The store must give back
 exactly what the model computes, resume without re-embedding, and its saved index must answer
@@ -22,6 +23,7 @@ from napari_clipmed.ops.embed import EmbedRequest, run
 from napari_clipmed.retrieval import EmbeddingIndex
 
 HE = Path(__file__).resolve().parents[2] / "shared" / "data" / "pathology" / "he_carcinoma_tiatoolbox.png"
+CHEST_CT = Path(__file__).resolve().parents[2] / "shared" / "data" / "ct" / "chest_ct.nii.gz"
 
 
 def write_tiles(root: Path, per_class: int = 6) -> Path:
@@ -105,3 +107,27 @@ def test_bad_requests_are_refused(tmp_path: Path) -> None:
     with pytest.raises(InputError, match="chunk_size"):
         EmbedRequest(tmp_path, tmp_path / "store", chunk_size=0)
     assert not (tmp_path / "store").exists()
+
+
+def test_ct_volumes_embed_one_vector_per_lung_patch(tiny, tmp_path: Path) -> None:
+    import SimpleITK as sitk
+
+    from napari_clipmed.ct.io import read_ct
+    from napari_clipmed.ct.lung import lung_mask
+    from napari_clipmed.ct.patches import PatchConfig, extract_patches
+
+    ct = read_ct(CHEST_CT)
+    for i, z0 in enumerate((50, 90)):
+        img = sitk.GetImageFromArray(ct.array[z0 : z0 + 16 : 2, ::2, ::2])
+        img.SetSpacing((3.0, 3.0, 3.0))
+        sitk.WriteImage(img, str(tmp_path / f"v{i}.nii.gz"))
+    (tmp_path / "volumes.csv").write_text("path,label\nv0.nii.gz,upper\nv1.nii.gz,lower\n")
+    patch = PatchConfig(stride_mm=24.0, slice_stride_mm=24.0)
+    result = run(EmbedRequest(tmp_path / "volumes.csv", tmp_path / "store", ct=True, patch=patch), tiny)
+    index = EmbeddingIndex.load(result.index_path)
+    volume = read_ct(tmp_path / "v1.nii.gz")
+    patches = extract_patches(volume, lung_mask(volume), patch)
+    rows = [i for i, name in enumerate(index.ids) if name.startswith(str((tmp_path / "v1.nii.gz").resolve()) + "#")]
+    assert len(rows) == len(patches) > 0 and set(index.labels[rows]) == {"lower"}
+    np.testing.assert_allclose(index.embeddings[rows], tiny.encode_images(patches.images(size=64)), atol=1e-6)
+    assert len(result.run.keys) == 2 and not result.run.failed

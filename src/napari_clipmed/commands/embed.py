@@ -9,12 +9,16 @@ from pathlib import Path
 def _embed(args: argparse.Namespace) -> int:
     from napari_clipmed.commands._cluster import ItemBar
     from napari_clipmed.commands.models import model_from_args
-    from napari_clipmed.distributed import ClusterSpec, cluster_client, require_distributed
+    from napari_clipmed.distributed import (
+        ClusterSpec,
+        cluster_client,
+        require_distributed,
+    )
     from napari_clipmed.ops.embed import EmbedRequest, iter_run
     from napari_clipmed.progress import run_generator
 
     request = EmbedRequest(args.source, args.store, chunk_size=args.chunk_size, batch_size=args.batch_size,
-                           split=args.split)
+                           split=args.split, ct=args.ct, patch=_patch_config(args) if args.ct else None)
     if args.cluster:  # a bad spec or a missing Dask fails before the model loads
         ClusterSpec.parse(args.cluster)
         require_distributed()
@@ -37,6 +41,15 @@ def _embed(args: argparse.Namespace) -> int:
     return 1 if run.failed else 0
 
 
+def _patch_config(args: argparse.Namespace):  # -> PatchConfig
+    from dataclasses import replace
+
+    from napari_clipmed.ct.patches import PatchConfig
+
+    changes = {k: v for k, v in {"size_mm": args.size_mm, "stride_mm": args.stride_mm}.items() if v is not None}
+    return replace(PatchConfig(), **changes)
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
     from napari_clipmed.commands._cluster import add_cluster_arguments
     from napari_clipmed.commands.models import add_model_arguments
@@ -51,6 +64,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--chunk-size", type=int, default=256, help="tiles per task (default 256)")
     p.add_argument("--batch-size", type=int, default=64, help="tiles per model batch (default 64)")
     p.add_argument("--split", help="only tiles of this manifest split")
+    p.add_argument("--ct", action="store_true",
+                   help="SOURCE is a CT volume or a CSV (path[,label]) of volumes: embed their lung patches, one task each")
+    p.add_argument("--size-mm", type=float, help="--ct: patch side in mm (default 32)")
+    p.add_argument("--stride-mm", type=float, help="--ct: distance between patch positions in mm (default 16)")
     p.add_argument("--report", type=Path, help="also write chunks.csv and skipped.csv to this folder")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     add_model_arguments(p)

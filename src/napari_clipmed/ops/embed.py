@@ -1,8 +1,9 @@
-"""Embed a tile folder or CSV manifest into the shared embedding store, chunk by chunk, in-process or on a cluster.
+"""Embed a tile folder or CSV manifest (or the lung patches of CT volumes) into the shared embedding store.
 
 Each chunk of tiles is one `distributed` item: its embeddings and table (content key, path, label) become one
 shard of the store as soon as it finishes, so a stopped run resumes and a chunk that fails is reported while
-the others go on. The run then saves an `EmbeddingIndex` of its tiles (ids = paths, labels = classes) next to
+the others go on. With `ct=True` the source is a CT volume or a CSV with a `path` column (label optional) and
+each volume is one item: lung mask, physical-size patches (`ct.patches`), one vector per patch. The run then saves an `EmbeddingIndex` of its tiles (ids = paths, labels = classes) next to
 the shards (`EmbeddingStore.index_path`), for `clipmed retrieve --gallery` and the Retrieval widget.
 """
 
@@ -27,13 +28,15 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True)
 class EmbedRequest:
-    """What to embed (`source`: image folder, ImageFolder or CSV manifest) and where (`store` root)."""
+    """What to embed (`source`: image folder, ImageFolder or CSV manifest; with `ct`, CT volumes) and where (`store`)."""
 
     source: Path
     store: Path
     chunk_size: int = 256
     batch_size: int = 64
     split: str | None = None
+    ct: bool = False
+    patch: Any = None  # ct.patches.PatchConfig for `ct` (default: PatchConfig())
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "source", Path(self.source))
@@ -52,6 +55,8 @@ class EmbedRequest:
 
         A chunk's key hashes its paths and labels: the same tiles make the same shard in any later run.
         """
+        if self.ct:
+            return self._ct_items(signature), True
         from napari_clipmed.datasets import load_images
         from napari_clipmed.distributed import Item
 
@@ -68,6 +73,62 @@ class EmbedRequest:
         return items, labelled
 
 
+    def _ct_items(self, signature: str) -> list[Item]:
+        """One item per volume: from a CSV (`path`, optional `label`; paths relative to the CSV) or one volume."""
+        import csv
+
+        from napari_clipmed.ct.patches import PatchConfig
+        from napari_clipmed.distributed import Item
+
+        volumes: list[tuple[str, str]] = []
+        if self.source.suffix.lower() == ".csv":
+            with open(self.source, newline="", encoding="utf-8-sig") as fh:
+                for row in csv.DictReader(fh):
+                    raw = (row.get("path") or "").strip()
+                    if raw:
+                        path = Path(raw) if Path(raw).is_absolute() else self.source.parent / raw
+                        volumes.append((str(path.resolve()), (row.get("label") or "").strip()))
+            missing = [p for p, _ in volumes if not Path(p).exists()]
+            if missing:
+                raise InputError(f"{len(missing)} volume(s) of {self.source.name} not found: {'; '.join(missing[:5])}")
+        else:
+            volumes.append((str(self.source.resolve()), ""))
+        patch = self.patch or PatchConfig()
+        return [Item("ct-" + hashlib.blake2b(repr((path, label, patch)).encode(), digest_size=12).hexdigest(),
+                     (path, label, patch, self.batch_size, signature)) for path, label in volumes]
+
+
+def embed_ct_volume(payload: tuple, model: ClipModel) -> dict[str, object]:
+    """One CT volume: lung mask, patches, one embedding per patch (ids: ``path#patch``, positions in mm)."""
+    import pandas as pd
+
+    from napari_clipmed.ct.io import read_ct
+    from napari_clipmed.ct.lung import lung_mask
+    from napari_clipmed.ct.patches import extract_patches
+    from napari_clipmed.models.cache import image_key
+
+    path, label, patch, batch_size, signature = payload
+    _check_signature(model, signature)
+    volume = read_ct(path)
+    patches = extract_patches(volume, lung_mask(volume), patch)
+    emb = np.empty((len(patches), model.embed_dim), dtype=np.float32)
+    keys: list[str] = [""] * len(patches)
+    for idx, images in patches.iter_images(batch_size=batch_size, size=int(model.spec.image_size)):
+        emb[idx] = model.encode_images(images, batch_size=batch_size)
+        for i, image in zip(idx, images):
+            keys[i] = image_key(signature, image)
+    mm = patches.centre_mm
+    meta = pd.DataFrame({"key": keys, "path": [f"{path}#{i}" for i in range(len(patches))], "label": label,
+                         "slice_index": patches.slice_index, "z_mm": mm[:, 0], "y_mm": mm[:, 1], "x_mm": mm[:, 2]})
+    return {"embeddings": emb, "meta": meta, "skipped": pd.DataFrame({"path": [], "reason": []})}
+
+
+def _check_signature(model: ClipModel, signature: str) -> None:
+    if model.signature != signature:
+        raise InputError("this worker's model differs from the client's (weights, device or precision): "
+                         "give --device so that every worker encodes the same way")
+
+
 def embed_chunk(payload: tuple, model: ClipModel) -> dict[str, object]:
     """One chunk: read its tiles (unreadable ones listed), encode them, return the shard's outputs."""
     import pandas as pd
@@ -76,9 +137,7 @@ def embed_chunk(payload: tuple, model: ClipModel) -> dict[str, object]:
     from napari_clipmed.models.cache import image_key
 
     paths, labels, batch_size, signature = payload
-    if model.signature != signature:
-        raise InputError("this worker's model differs from the client's (weights, device or precision): "
-                         "give --device so that every worker encodes the same way")
+    _check_signature(model, signature)
     read = run_generator(iter_read_images(paths))
     images = read.images
     emb = model.encode_images(images, batch_size=batch_size) if images else np.empty((0, model.embed_dim), np.float32)
@@ -128,7 +187,9 @@ def iter_run(request: EmbedRequest, model: ClipModel, client: Any = None,
     if not items:
         raise InputError(f"{request.source} holds no images to embed")
     on_workers = ModelRef.of(model, device or model.device.type) if client is not None else model
-    run = yield from iter_run_items(embed_chunk, items, store.folder, model=on_workers, client=client, message="chunks")
+    fn = embed_ct_volume if request.ct else embed_chunk
+    run = yield from iter_run_items(fn, items, store.folder, model=on_workers, client=client,
+                                    message="volumes" if request.ct else "chunks")
     identity = model.identity
     store.write_info({"model": model.spec.name, "identity": identity})
     arrays = [a for a in run.read_arrays("embeddings") if len(a)]
@@ -136,7 +197,7 @@ def iter_run(request: EmbedRequest, model: ClipModel, client: Any = None,
     skipped = run.read_table("skipped")
     index_path = None
     if arrays:
-        index = EmbeddingIndex(np.concatenate(arrays), labels=list(meta["label"]) if labelled else None,
+        index = EmbeddingIndex(np.concatenate(arrays), labels=list(meta["label"].astype(str)) if labelled else None,
                                ids=list(meta["path"]), model_id=identity)
         index_path = index.save(store.index_path)
     yield Progress(len(items), len(items), f"embedded {len(meta)} images into {store.folder}")
