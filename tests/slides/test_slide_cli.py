@@ -47,3 +47,20 @@ def test_slide_index_with_a_query(slides: dict[str, Path], tmp_path: Path) -> No
     hits = pd.read_csv(out / "hits.csv")
     assert len(hits) == 3 and hits["similarity"].is_monotonic_decreasing
     assert (out / "cmu_small_region" / "embeddings.npy").is_file()
+
+
+def test_slide_zeroshot_is_an_item_for_the_cluster_runner(slides: dict[str, Path], tmp_path: Path) -> None:
+    """`item_outputs` is the per-slide unit `distributed.iter_run_items` maps (here in-process, no Dask)."""
+    from napari_clipmed.distributed import Item, run_items
+    from napari_clipmed.models.loader import load_model
+    from napari_clipmed.ops.slide_zeroshot import SlideZeroShotRequest, item_outputs
+
+    model = load_model("tiny-random", device="cpu")
+    items = [Item("carcinoma", SlideZeroShotRequest(str(slides["pyramid"]), ["tumor", "stroma"], top_k=1))]
+    result = run_items(item_outputs, items, tmp_path, model=model)
+    assert result.computed == ("carcinoma",) and not result.failed
+    folder = tmp_path / "items" / "carcinoma" / "slide"
+    scores = json.loads((folder / "scores.json").read_text())
+    assert scores["tiles"] == 36 and (folder / "heatmap.tif").is_file()
+    again = run_items(item_outputs, items, tmp_path, model=model)
+    assert again.reused == ("carcinoma",)

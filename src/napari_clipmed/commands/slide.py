@@ -63,6 +63,8 @@ def _slide_zeroshot(args: argparse.Namespace) -> int:
         for s in args.slides
     ]
     _check_slides(list(args.slides), args.slide_mpp)
+    if args.cluster:
+        return _slide_zeroshot_on_cluster(args, requests)
     todo = [r for r in requests if not (Path(r.out) / "scores.json").is_file()]  # type: ignore[arg-type]
     for r in requests:
         if r not in todo:
@@ -82,6 +84,43 @@ def _slide_zeroshot(args: argparse.Namespace) -> int:
         write_json(out / "run_config.json", config)
     _write_summary(out, requests, write_frame)
     return 0
+
+
+def _slide_zeroshot_on_cluster(args: argparse.Namespace, requests: list[Any]) -> int:
+    """One item per slide on Dask (`distributed.iter_run_items`): outputs in OUT/items/<slide>/slide/, resumable."""
+    import json
+    from dataclasses import replace
+
+    from napari_clipmed.commands._cluster import ItemBar, model_ref_from_args
+    from napari_clipmed.distributed import (
+        ClusterSpec,
+        Item,
+        cluster_client,
+        iter_run_items,
+        require_distributed,
+    )
+    from napari_clipmed.io.slide import slide_stem
+    from napari_clipmed.ops.slide_zeroshot import item_outputs
+    from napari_clipmed.progress import run_generator
+
+    ClusterSpec.parse(args.cluster)  # a bad spec or a missing Dask fails before any work
+    require_distributed()
+    ref = model_ref_from_args(args)
+    items = [Item(slide_stem(r.slide), replace(r, out=None)) for r in requests]
+    config = {k: v for k, v in requests[0].config().items() if k != "slide"}
+    fingerprint = json.dumps({**config, "model": [str(ref.name), ref.weights]}, sort_keys=True, default=str)
+    with cluster_client(args.cluster, torch_threads=args.torch_threads) as client:
+        bar = ItemBar(args.quiet, unit="slide")
+        try:
+            run = run_generator(iter_run_items(item_outputs, items, args.out, model=ref, client=client,
+                                               message="slides", fingerprint=fingerprint), bar)
+        finally:
+            bar.close()
+    print(f"{len(run.keys)} slides ({len(run.computed)} done now, {len(run.reused)} already done, "
+          f"{len(run.failed)} failed) in {Path(args.out) / 'items'}")
+    for failure in run.failed:
+        print(f"  failed {failure.key}: {failure.error}")
+    return 1 if run.failed else 0
 
 
 def _identity(model: Any) -> str:
@@ -174,6 +213,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--top-k", type=int, default=5, help="top tiles saved per class (default 5)")
     p.add_argument("--table", choices=("csv", "parquet"), default="csv", help="tile table format (default csv)")
     p.add_argument("--heatmap", choices=("tiff", "zarr"), default="tiff", help="heat map format (default pyramidal TIFF)")
+    from napari_clipmed.commands._cluster import add_cluster_arguments
+
+    add_cluster_arguments(p)
     p.set_defaults(func=_slide_zeroshot)
 
     p = subparsers.add_parser(

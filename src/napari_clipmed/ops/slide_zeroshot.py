@@ -272,3 +272,10 @@ def iter_run(request: SlideZeroShotRequest, model: Any) -> ProgressGenerator[Sli
 def run(request: SlideZeroShotRequest, model: Any) -> SlideZeroShotResult:
     """Plain call of `iter_run` (saves to `request.out` when set)."""
     return run_generator(iter_run(request, model))
+
+
+def item_outputs(request: SlideZeroShotRequest, model: Any) -> dict[str, object]:
+    """One slide as an item of `distributed.iter_run_items`: it saves the result in ``items/<slide>/slide/``."""
+    from dataclasses import replace
+
+    return {"slide": run(replace(request, out=None), model)}

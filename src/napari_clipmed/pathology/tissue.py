@@ -182,7 +182,10 @@ def detect_tissue(slide: Slide, level: int | None = None, reject_ink: bool = Tru
     level = tissue_level(slide) if level is None else level
     h, w = slide.shapes[level]
     stride = max(1, -(-max(h, w) // (4 * MASK_SIDE)))  # a pyramid without small levels: strided reads
-    image = np.asarray(slide.levels[level][::stride, ::stride])
+    if stride == 1:  # through the slide's own reader: no dask graph (a Dask worker would ship it to its scheduler)
+        image = slide.read_region(level, 0, 0, h, w)
+    else:
+        image = np.asarray(slide.levels[level][::stride, ::stride].compute(scheduler="synchronous"))
     block = max(1, round(max(image.shape[:2]) / MASK_SIDE))  # averaging also evens out JPEG noise
     if block > 1:
         image = downscale_local_mean(image, (block, block, 1)).round().astype(np.uint8)
