@@ -33,16 +33,8 @@ if TYPE_CHECKING:
     from napari_clipmed.retrieval import EmbeddingIndex
     from napari_clipmed.zeroshot import ZeroShotResult
 
-__all__ = [
-    "corrupt_layer",
-    "ct_montage",
-    "current_model",
-    "load_model",
-    "retrieve",
-    "slide_tissue",
-    "slide_zeroshot",
-    "zeroshot_labels",
-]
+__all__ = ["load_model", "current_model", "ct_montage", "corrupt_layer", "zeroshot_labels", "retrieve",
+           "slide_tissue", "slide_zeroshot"]
 
 
 def load_model(viewer: napari.Viewer, name: str, weights: str | os.PathLike[str] | None = None) -> ClipModel:
@@ -128,11 +120,7 @@ def zeroshot_labels(
     from napari_clipmed._widgets import _path_layers as pl
     from napari_clipmed._widgets.zeroshot_labels import image_tiles
     from napari_clipmed.progress import run_generator
-    from napari_clipmed.zeroshot import (
-        PromptSet,
-        ZeroShotClassifier,
-        iter_classify_images,
-    )
+    from napari_clipmed.zeroshot import PromptSet, ZeroShotClassifier, iter_classify_images
 
     if (preset is None) == (classes is None):
         raise InputError("give either classes or a preset (not both)")

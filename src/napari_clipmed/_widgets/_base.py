@@ -12,21 +12,9 @@ from collections.abc import Callable, Generator
 from typing import TYPE_CHECKING, Any
 
 from magicgui.widgets import ComboBox, Container, FileEdit, PushButton
-from qtpy.QtWidgets import (
-    QHBoxLayout,
-    QLabel,
-    QProgressBar,
-    QPushButton,
-    QVBoxLayout,
-    QWidget,
-)
+from qtpy.QtWidgets import QHBoxLayout, QLabel, QProgressBar, QPushButton, QVBoxLayout, QWidget
 
-from napari_clipmed._widgets._session import (
-    ModelChoice,
-    ModelSession,
-    availability,
-    session_for,
-)
+from napari_clipmed._widgets._session import ModelChoice, ModelSession, availability, session_for
 from napari_clipmed.errors import ClipmedError
 from napari_clipmed.progress import Progress
 

@@ -16,13 +16,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from napari_clipmed._widgets._path_layers import boxes_to_rectangles, display_uint8
-from napari_clipmed.datasets import (
-    IMAGE_EXTENSIONS,
-    iter_read_images,
-    load_imagefolder,
-    load_manifest,
-    read_image,
-)
+from napari_clipmed.datasets import IMAGE_EXTENSIONS, iter_read_images, load_imagefolder, load_manifest, read_image
 from napari_clipmed.errors import InputError
 from napari_clipmed.progress import Progress, ProgressGenerator, run_generator
 from napari_clipmed.retrieval import EmbeddingIndex

@@ -61,11 +61,7 @@ def availability(choice: ModelChoice) -> str:
     """
     from napari_clipmed.errors import ClipmedError
     from napari_clipmed.models.registry import UnknownModelError, get_spec
-    from napari_clipmed.models.weights import (
-        default_weights_dir,
-        is_offline,
-        resolve_weights,
-    )
+    from napari_clipmed.models.weights import default_weights_dir, is_offline, resolve_weights
 
     try:
         spec = get_spec(choice.name)

@@ -13,13 +13,7 @@ import warnings
 from typing import TYPE_CHECKING, Any
 
 from magicgui.widgets import ComboBox, FloatSpinBox, LineEdit, SpinBox
-from qtpy.QtWidgets import (
-    QAbstractItemView,
-    QPlainTextEdit,
-    QTableWidget,
-    QTableWidgetItem,
-    QTabWidget,
-)
+from qtpy.QtWidgets import QAbstractItemView, QPlainTextEdit, QTableWidget, QTableWidgetItem, QTabWidget
 
 from napari_clipmed._widgets import _layers
 from napari_clipmed._widgets._base import ClipmedWidget, notify_info

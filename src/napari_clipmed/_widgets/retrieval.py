@@ -27,12 +27,7 @@ from napari_clipmed._widgets._gallery import (
     query_region,
     read_tiles,
 )
-from napari_clipmed._widgets._slide import (
-    add_layer_data,
-    drawn_region,
-    is_slide_layer,
-    slide_geometry,
-)
+from napari_clipmed._widgets._slide import add_layer_data, drawn_region, is_slide_layer, slide_geometry
 from napari_clipmed.errors import ClipmedError, InputError
 from napari_clipmed.io.atomic import write_frame
 from napari_clipmed.progress import Progress

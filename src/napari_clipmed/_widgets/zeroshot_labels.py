@@ -12,33 +12,15 @@ import html
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from magicgui.widgets import (
-    CheckBox,
-    ComboBox,
-    FloatSpinBox,
-    RadioButtons,
-    SpinBox,
-    TextEdit,
-)
+from magicgui.widgets import CheckBox, ComboBox, FloatSpinBox, RadioButtons, SpinBox, TextEdit
 from qtpy.QtWidgets import QLabel
 
 from napari_clipmed._widgets import _path_layers as pl
 from napari_clipmed._widgets._base import ClipmedWidget, notify_info
-from napari_clipmed._widgets._slide import (
-    add_layer_data,
-    drawn_region,
-    is_slide_layer,
-    slide_geometry,
-    slide_mpp,
-)
+from napari_clipmed._widgets._slide import add_layer_data, drawn_region, is_slide_layer, slide_geometry, slide_mpp
 from napari_clipmed.errors import ClipmedError, InputError
 from napari_clipmed.progress import Progress
-from napari_clipmed.zeroshot import (
-    PromptSet,
-    format_classes,
-    list_presets,
-    parse_classes,
-)
+from napari_clipmed.zeroshot import PromptSet, format_classes, list_presets, parse_classes
 
 if TYPE_CHECKING:
     import napari
