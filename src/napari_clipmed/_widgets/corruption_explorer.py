@@ -17,9 +17,12 @@ from magicgui.widgets import CheckBox, ComboBox, FloatSlider, SpinBox
 from qtpy.QtCore import QTimer
 from qtpy.QtWidgets import QLabel
 
-from napari_clipmed._widgets import _path_layers as pl
+from napari_clipmed import layers
 from napari_clipmed._widgets._base import ClipmedWidget
 from napari_clipmed.errors import ClipmedError, InputError
+from napari_clipmed.ops.corrupt import CorruptRequest, CorruptResult, corruption_tag, iter_run, run
+from napari_clipmed.ops.geometry import SourceImage
+from napari_clipmed.pathology.params import MAX_SEVERITY
 
 if TYPE_CHECKING:
     import napari
@@ -94,7 +97,8 @@ class CorruptionExplorerWidget(ClipmedWidget):
             return None
         kind, severity, seed = self.kind.value, self.severity_value, int(self.seed.value)
         try:
-            source = pl.rgb_source(self.source_layer.value)
+            source = layers.rgb_snapshot(self.source_layer.value)
+            settings = CorruptRequest(source, kind, severity, seed)
         except ClipmedError as err:
             self.fail(str(err))
             return None
@@ -102,7 +106,8 @@ class CorruptionExplorerWidget(ClipmedWidget):
         request = self.preview_requests
 
         def compute() -> tuple:  # runs in the worker thread
-            return pl.corrupt_source(source, kind, severity, seed), pl.corrupted_kwargs(source, kind, severity, seed)
+            result = run(settings)
+            return result.pixels, result.kwargs
 
         worker = create_worker(compute, _start_thread=False, _ignore_errors=True)
         self._workers.add(worker)
@@ -110,7 +115,7 @@ class CorruptionExplorerWidget(ClipmedWidget):
         worker.returned.connect(lambda result: self._show_preview(request, result, source))
         worker.errored.connect(lambda err: self._preview_failed(request, err))
         worker.finished.connect(lambda: self._preview_done(worker))
-        self.controls.status.setText(f"preview: {pl.corruption_tag(kind, severity)} ...")
+        self.controls.status.setText(f"preview: {corruption_tag(kind, severity)} ...")
         worker.start()
         return worker
 
@@ -120,7 +125,7 @@ class CorruptionExplorerWidget(ClipmedWidget):
             self._pending = False
             self.request_preview()
 
-    def _show_preview(self, request: int, result: tuple, source: pl.SourceImage) -> None:
+    def _show_preview(self, request: int, result: tuple, source: SourceImage) -> None:
         if request != self.preview_requests or self._pending:
             return  # newer settings are waiting: this result is outdated
         data, kwargs = result
@@ -148,19 +153,16 @@ class CorruptionExplorerWidget(ClipmedWidget):
             layer = self.source_layer.value
             if layer is None:
                 raise InputError("add an RGB image layer to corrupt")
-            source = pl.rgb_source(layer)
+            request = CorruptRequest(layers.rgb_snapshot(layer), self.kind.value, seed=int(self.seed.value),
+                                     severities=tuple(float(s) for s in range(MAX_SEVERITY + 1)))
         except ClipmedError as err:
             self.fail(str(err))
             return None
-        kind, seed = self.kind.value, int(self.seed.value)
 
-        def show(result: tuple) -> None:
-            strip, kwargs = result
-            self.viewer.add_image(strip, **kwargs)
+        def show(result: CorruptResult) -> None:
+            layers.add_layers(self.viewer, result.to_layer_data())
 
-        return self.run_job(
-            lambda: pl.iter_severity_strip(source, kind, seed), show, description=f"{kind} at every severity ..."
-        )
+        return self.run_job(lambda: iter_run(request), show, description=f"{request.kind} at every severity ...")
 
     def _disconnect(self, *_: object) -> None:
         try:

@@ -10,26 +10,20 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
 from magicgui.widgets import FileEdit, PushButton, RadioButtons, SpinBox
 from qtpy.QtWidgets import QLabel, QTableWidget, QTableWidgetItem
 
-from napari_clipmed._widgets import _path_layers as pl
+from napari_clipmed import layers
 from napari_clipmed._widgets._base import ClipmedWidget, notify_info
-from napari_clipmed._widgets._gallery import (
-    HIT_COLUMNS,
-    GalleryBuild,
-    hits_frame,
-    hits_grid,
-    is_gallery_source,
-    iter_index_folder,
-    placed_hit_layers,
-    query_region,
-    read_tiles,
-)
 from napari_clipmed.errors import ClipmedError, InputError
-from napari_clipmed.io.atomic import write_frame
-from napari_clipmed.progress import Progress
+from napari_clipmed.ops.retrieval import (
+    GalleryBuild,
+    IndexRequest,
+    QueryRequest,
+    RetrievalResult,
+    iter_build_index,
+    iter_query,
+)
 
 if TYPE_CHECKING:
     import napari
@@ -67,6 +61,7 @@ class RetrievalWidget(ClipmedWidget):
         super().__init__(viewer)
         self.index: EmbeddingIndex | None = None
         self.hits: pd.DataFrame | None = None
+        self.result: RetrievalResult | None = None
         self.unreadable: list[tuple[str, str]] = []  # (path, reason) of files the last build skipped
         self.folder = FileEdit(
             label="tile folder", mode="d", tooltip="ImageFolder (one sub-folder per label) or a flat folder of tiles"
@@ -117,10 +112,11 @@ class RetrievalWidget(ClipmedWidget):
         try:
             model = self.session.require()
             source = _path_value(self.manifest) or _path_value(self.folder)
-            if source is None or not is_gallery_source(source):
+            if source is None:
                 raise InputError(
                     "choose the tiles to index: a folder (ImageFolder or flat) or a CSV manifest (path,label)"
                 )
+            request = IndexRequest(source)
         except ClipmedError as err:
             self.fail(str(err))
             return None
@@ -133,7 +129,7 @@ class RetrievalWidget(ClipmedWidget):
                 notify_info(f"skipped {len(build.failed)} unreadable file(s), e.g. {build.failed[0][0]}")
 
         return self.run_job(
-            lambda: iter_index_folder(model, source, cache=EmbeddingCache()), done, description=f"indexing {source} ..."
+            lambda: iter_build_index(request, model, EmbeddingCache()), done, description=f"indexing {source} ..."
         )
 
     def load_index(self, *_: object) -> None:
@@ -162,55 +158,45 @@ class RetrievalWidget(ClipmedWidget):
         return saved
 
     # --- query ------------------------------------------------------------------------------------
-    def _query(self) -> tuple[np.ndarray, str, pl.SourceImage]:
+    def request(self) -> QueryRequest:
+        """The search request from the fields (InputError says which one is wrong)."""
+        if self.index is None:
+            raise InputError("build or load an index before searching")
         layer = self.image_layer.value
         if layer is None:
             raise InputError("add an image layer to query with")
-        source = pl.image_source(layer)
-        if self.query_mode.value == WHOLE:
-            return (*query_region(source), source)
-        shapes = self.shapes_layer.value
-        if shapes is None:
-            raise InputError("add a Shapes layer and draw a rectangle to query with")
-        return (*query_region(source, shapes), source)
+        source = layers.image_snapshot(layer)
+        shapes = None
+        if self.query_mode.value != WHOLE:
+            shapes = self.shapes_layer.value
+            if shapes is None:
+                raise InputError("add a Shapes layer and draw a rectangle to query with")
+        return QueryRequest(self.index, (layers.query_region(source, shapes),), int(self.k.value))
 
     def run(self) -> object | None:
         """Embed the query, search the index and show the hits (in a worker)."""
         try:
             model = self.session.require()
-            if self.index is None:
-                raise InputError("build or load an index before searching")
-            index, k, model_id = self.index, int(self.k.value), model.identity
-            if index.model_id is not None and index.model_id != model_id:
-                raise InputError(
-                    f"the index was built with model '{index.model_id}' but the loaded model is '{model_id}': "
-                    "load that model or rebuild the index with this one"
-                )
-            if k > len(index):
-                raise InputError(f"top k = {k} is more than the {len(index)} tiles in the index; lower k")
-            pixels, query_name, source = self._query()
+            request = self.request()
+            request.index.check_model(model.identity, "the queries")
         except ClipmedError as err:
             self.fail(str(err))
             return None
+        query = request.queries[0]
+        geometry = query.geometry
 
-        def job():  # runs in the worker thread
-            embedding = yield from model.iter_encode_images([pixels])
-            hits = yield from index.iter_search(embedding, k, model_id=model_id)
-            frame = hits_frame(hits, query_name)
-            tiles = read_tiles(frame["path"].tolist())
-            yield Progress(1, 1, "building the hit grid")
-            grid, kwargs = hits_grid(tiles, frame)
-            return frame, grid, kwargs
+        def job() -> Any:  # runs in the worker thread
+            result = yield from iter_query(request, model)
+            return result, layers.build_layers(result.to_layer_data(geometry))  # tiles read off the GUI thread
 
-        def show(result: tuple) -> None:
-            frame, grid, kwargs = result
-            (grid, kwargs), (labels, label_kwargs) = placed_hit_layers(grid, kwargs, source)
-            self.viewer.add_image(grid, **kwargs)
-            self.viewer.add_shapes(labels, **label_kwargs)
-            self.hits = kwargs["metadata"]["hits"]
-            self._fill_table(frame)
+        def show(out: tuple[RetrievalResult, list[Any]]) -> None:
+            result, built = out
+            layers.add_layers(self.viewer, built)
+            self.result = result
+            self.hits = built[0].metadata["hits"]  # the hits table with each grid cell's pixel box
+            self._fill_table(self.hits)
 
-        return self.run_job(job, show, description=f"searching the top {k} tiles for {query_name} ...")
+        return self.run_job(job, show, description=f"searching the top {request.k} tiles for {query.name} ...")
 
     def _fill_table(self, frame: pd.DataFrame) -> None:
         self.table.setRowCount(len(frame))
@@ -220,17 +206,14 @@ class RetrievalWidget(ClipmedWidget):
         self.table.resizeColumnsToContents()
 
     def export_csv(self, *_: object) -> Path | None:
-        """Write the hits (query, rank, path, label, similarity) to the chosen CSV file, atomically."""
+        """Write the hits table to the chosen CSV file, atomically."""
         path = _path_value(self.csv_file)
         try:
-            if self.hits is None:
+            if self.result is None:
                 raise InputError("there are no hits to export: run a search first")
             if path is None:
                 raise InputError("choose a CSV file to export the hits to")
-            path = Path(path) if Path(path).suffix.lower() == ".csv" else Path(f"{path}.csv")
-            if not path.parent.is_dir():
-                raise InputError(f"cannot write {path}: the folder {path.parent} does not exist")
-            written = write_frame(path, self.hits[list(HIT_COLUMNS)])
+            written = self.result.save_csv(path)
         except (ClipmedError, OSError) as err:
             self.fail(str(err))
             return None

@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 from napari_clipmed.errors import InputError
-from napari_clipmed.commands._progress import StderrProgress
+from napari_clipmed.commands._progress import CliProgress
 
 
 def _csv_list(text: str) -> list[str]:
@@ -106,7 +106,7 @@ def _run_robustness(args: argparse.Namespace) -> int:
         batch_size=args.batch_size, out_dir=args.out, weights_dir=args.weights_dir, cache_dir=args.cache_dir,
         use_cache=not args.no_cache, device=args.device,
     )
-    printer = StderrProgress(args.quiet)
+    printer = CliProgress(args.quiet)
     try:
         result = run_generator(iter_run_robustness(tileset, config), printer)
     finally:
@@ -144,7 +144,7 @@ def _run_zeroshot(args: argparse.Namespace) -> int:
     else:
         raise InputError("these images carry no labels: name the classes with --classes a,b or --preset NAME")
     model = load_model(args.model, args.weights, weights_dir=args.weights_dir, device=args.device)
-    printer = StderrProgress(args.quiet)
+    printer = CliProgress(args.quiet)
     try:
         tiles = run_generator(iter_load_tiles(tileset), printer)
         result = run_generator(iter_zeroshot_tiles(model, tiles, prompts, columns, batch_size=args.batch_size,
@@ -162,48 +162,46 @@ def _run_zeroshot(args: argparse.Namespace) -> int:
 
 
 def _run_retrieve(args: argparse.Namespace) -> int:
+    import numpy as np
+
     from napari_clipmed import metrics
     from napari_clipmed.bench import report
-    from napari_clipmed.bench.tasks import iter_index_tiles, iter_load_tiles
-    from napari_clipmed.datasets import load_images
+    from napari_clipmed.datasets import iter_read_images
     from napari_clipmed.models.loader import load_model
+    from napari_clipmed.ops import retrieval as op
+    from napari_clipmed.ops.geometry import SourceImage
     from napari_clipmed.progress import run_generator
-    from napari_clipmed.retrieval import EmbeddingIndex
 
     model = load_model(args.model, args.weights, weights_dir=args.weights_dir, device=args.device)
-    printer = StderrProgress(args.quiet)
-    same = False
+    printer = CliProgress(args.quiet)
+    rows = None
     try:
         if args.gallery.suffix.lower() == ".npz":
-            index = EmbeddingIndex.load(args.gallery)
+            index = op.load_index(args.gallery)
         else:
-            gallery_set, labelled = load_images(args.gallery)
-            gallery = run_generator(iter_load_tiles(gallery_set), printer)
-            index = run_generator(iter_index_tiles(model, gallery, labelled=labelled, batch_size=args.batch_size,
-                                                   cache=_cache(args)), printer)
-            same = args.query.resolve() == args.gallery.resolve()
-        query_set, query_labelled = load_images(args.query)
-        queries = run_generator(iter_load_tiles(query_set), printer)
-        emb = run_generator(model.iter_encode_images(queries.images, batch_size=args.batch_size, cache=_cache(args)),
-                            printer)
+            request = op.IndexRequest(args.gallery, batch_size=args.batch_size)
+            index = run_generator(op.iter_build_index(request, model, _cache(args)), printer).index
+        paths, labels = op.list_gallery(args.query)
+        read = run_generator(iter_read_images(paths), printer)
+        if not read.images:
+            raise InputError(f"none of the {len(paths)} query images could be read (first: {read.failed[0][1]})")
+        queries = tuple(SourceImage.of_array(image, str(paths[i])) for image, i in zip(read.images, read.indices))
+        query_labels = None if labels is None else tuple(labels[i] for i in read.indices)
+        if args.gallery.suffix.lower() != ".npz" and args.query.resolve() == args.gallery.resolve():
+            position = {p: i for i, p in enumerate(index.ids)}  # the queries are the gallery: leave each one out
+            rows = tuple(position[q.name] for q in queries)
+        query = op.QueryRequest(index, queries, args.k, query_rows=rows, query_labels=query_labels,
+                                batch_size=args.batch_size)
+        result = run_generator(op.iter_query(query, model, _cache(args)), printer)
     finally:
         printer.close()
     if args.save_index:
         print(f"saved the gallery index to {index.save(args.save_index)}")
-    if same:  # the query images are the gallery: leave each one out of its own search
-        paths = {p: i for i, p in enumerate(index.ids)}
-        rows = [paths[str(p)] for p in queries.tileset.paths]
-        hits = index.search(emb, args.k, model_id=model.identity, query_rows=rows)
+    if rows is not None:
         print("queries are the gallery: each query is left out of its own search")
-    else:
-        hits = index.search(emb, args.k, model_id=model.identity)
-    hits.query_ids = [str(p) for p in queries.tileset.paths]
-    frame = hits.to_frame()
-    if query_labelled:
-        frame.insert(1, "query_label", list(queries.tileset.label_names.repeat(hits.k)))
-    report.write_csv(frame, args.out)
-    if query_labelled and hits.labels is not None:
-        for name, value in metrics.retrieval_metrics(queries.tileset.label_names, hits.labels, [1, args.k]).items():
+    report.write_csv(result.to_frame(), args.out)
+    if query_labels is not None and result.hits.labels is not None:
+        for name, value in metrics.retrieval_metrics(np.asarray(query_labels), result.hits.labels, [1, args.k]).items():
             print(f"{name}: {value:.4f}")
-    print(f"wrote {args.out} ({len(queries.images)} queries x {args.k} hits from a gallery of {len(index)})")
+    print(f"wrote {args.out} ({len(queries)} queries x {args.k} hits from a gallery of {len(index)})")
     return 0
