@@ -8,10 +8,15 @@ from pathlib import Path
 from napari_clipmed.errors import InputError
 
 
-def add_model_arguments(parser: argparse.ArgumentParser, *, default: str | None = "pathclip") -> None:
-    """The model options every command shares: --model, --weights, --weights-dir, --device."""
-    parser.add_argument("--model", default=default, required=default is None, help="registry name (see `clipmed models`)")
-    parser.add_argument("--weights", default=None, help="checkpoint file or Hugging Face folder (default: weights folder, then hub)")
+def add_model_arguments(parser: argparse.ArgumentParser, *, default: str | None = "pathclip", single: bool = True) -> None:
+    """The model options of every command, defined here once: --model, --weights (one model; `single`),
+    --weights-dir, --device. Commands that take several models (robustness) pass ``single=False``."""
+    if single:
+        parser.add_argument("--model", default=default, required=default is None,
+                            help="registry name (see `clipmed models`)")
+        parser.add_argument("--weights", default=None,
+                            help="checkpoint file or Hugging Face folder, e.g. a DAPT result with --model local "
+                                 "(default: weights folder, then hub)")
     parser.add_argument("--weights-dir", default=None, help="folder with checkpoints (default: $CLIPMED_WEIGHTS_DIR or the user cache)")
     parser.add_argument("--device", default=None, help="cuda, mps or cpu (default: best available)")
 

@@ -29,10 +29,11 @@ def _templates(text: str | None) -> list[str] | None:
     return [t.strip() for t in text.split(";") if t.strip()] if text else None
 
 
-def _common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--weights-dir", type=Path, help="folder with model checkpoints")
+def _common(p: argparse.ArgumentParser, single: bool = True) -> None:
+    from napari_clipmed.commands.models import add_model_arguments
+
+    add_model_arguments(p, default=None, single=single)
     p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--device", help="cpu, cuda, mps (default: best available)")
     p.add_argument("--cache-dir", type=Path, help="embedding cache folder (default: the user cache)")
     p.add_argument("--no-cache", action="store_true", help="do not read or write cached embeddings")
     p.add_argument("--quiet", action="store_true", help="no progress output")
@@ -56,14 +57,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--split", help="only tiles of this manifest split")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", required=True, type=Path, help="output folder")
-    _common(p)
+    _common(p, single=False)
     p.set_defaults(func=_run_robustness)
 
     p = subparsers.add_parser("zeroshot", help="zero-shot classification of tiles or images",
                               description="Classify images by text prompts; with a labelled tile set also score it.")
     p.add_argument("--data", required=True, type=Path, help="ImageFolder, CSV manifest, folder of images or one image")
-    p.add_argument("--model", required=True)
-    p.add_argument("--weights", type=Path, help="checkpoint file or Hugging Face folder (e.g. a DAPT result with --model local)")
     group = p.add_mutually_exclusive_group()
     group.add_argument("--classes", help="classes: comma-separated names, 'name: synonym; synonym' allowed "
                        "(default: the tile-set classes)")
@@ -77,8 +76,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                               description="Top-k most similar gallery images (cosine similarity of embeddings).")
     p.add_argument("--gallery", required=True, type=Path, help="image folder, ImageFolder, manifest or saved index.npz")
     p.add_argument("--query", required=True, type=Path, help="image, folder or manifest")
-    p.add_argument("--model", required=True)
-    p.add_argument("--weights", type=Path, help="checkpoint file or Hugging Face folder (e.g. a DAPT result with --model local)")
     p.add_argument("--k", type=int, default=10)
     p.add_argument("--out", required=True, type=Path, help="hits CSV")
     p.add_argument("--save-index", type=Path, help="also save the gallery index (.npz) for reuse")
@@ -103,7 +100,7 @@ def _run_robustness(args: argparse.Namespace) -> int:
     config = RobustnessConfig(
         models=tuple(args.models), corruptions=tuple(args.corruptions), severities=tuple(args.severities),
         ks=tuple(args.k), preset=args.preset, templates=_templates(args.templates), seed=args.seed,
-        batch_size=args.batch_size, out_dir=args.out, weights_dir=args.weights_dir, cache_dir=args.cache_dir,
+        batch_size=args.batch_size, out_dir=args.out, weights_dir=Path(args.weights_dir) if args.weights_dir else None, cache_dir=args.cache_dir,
         use_cache=not args.no_cache, device=args.device,
     )
     printer = CliProgress(args.quiet)
@@ -124,7 +121,7 @@ def _run_zeroshot(args: argparse.Namespace) -> int:
     from napari_clipmed.bench import report
     from napari_clipmed.bench.tasks import iter_load_tiles, iter_zeroshot_tiles, prompt_columns, tileset_prompts
     from napari_clipmed.datasets import load_images
-    from napari_clipmed.models.loader import load_model
+    from napari_clipmed.commands.models import model_from_args
     from napari_clipmed.progress import run_generator
     from napari_clipmed.zeroshot import PromptSet
 
@@ -143,7 +140,7 @@ def _run_zeroshot(args: argparse.Namespace) -> int:
         prompts, columns = tileset_prompts(tileset.class_names, None, templates)
     else:
         raise InputError("these images carry no labels: name the classes with --classes a,b or --preset NAME")
-    model = load_model(args.model, args.weights, weights_dir=args.weights_dir, device=args.device)
+    model = model_from_args(args)
     printer = CliProgress(args.quiet)
     try:
         tiles = run_generator(iter_load_tiles(tileset), printer)
@@ -167,12 +164,12 @@ def _run_retrieve(args: argparse.Namespace) -> int:
     from napari_clipmed import metrics
     from napari_clipmed.bench import report
     from napari_clipmed.datasets import iter_read_images
-    from napari_clipmed.models.loader import load_model
+    from napari_clipmed.commands.models import model_from_args
     from napari_clipmed.ops import retrieval as op
     from napari_clipmed.ops.geometry import SourceImage
     from napari_clipmed.progress import run_generator
 
-    model = load_model(args.model, args.weights, weights_dir=args.weights_dir, device=args.device)
+    model = model_from_args(args)
     printer = CliProgress(args.quiet)
     rows = None
     try:
