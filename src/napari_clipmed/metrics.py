@@ -304,3 +304,15 @@ def retrieval_metrics(query_labels: ArrayLike, neighbour_labels: ArrayLike, ks: 
         out[f"precision@{k}"] = precision_at_k(query_labels, neighbour_labels, k)
         out[f"map@{k}"] = map_at_k(query_labels, neighbour_labels, k)
     return out
+
+
+def roc_curve(y: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """False and true positive rates at every distinct score threshold (high to low), starting at (0, 0)."""
+    y = np.asarray(y).astype(bool)
+    s = np.asarray(scores, dtype=np.float64)
+    order = np.argsort(-s, kind="mergesort")
+    s, y = s[order], y[order]
+    last_of_tie = np.r_[np.flatnonzero(np.diff(s)), len(s) - 1]
+    tps = np.cumsum(y)[last_of_tie]
+    fps = (last_of_tie + 1) - tps
+    return np.r_[0.0, fps / max(1, (~y).sum())], np.r_[0.0, tps / max(1, y.sum())]

@@ -23,7 +23,7 @@ from napari_clipmed.ct.io import read_ct
 from napari_clipmed.ct.pipeline import CTMontageConfig, iter_run_ct_montage
 from napari_clipmed.errors import InputError
 from napari_clipmed.io.atomic import atomic_write
-from napari_clipmed.progress import Progress, ProgressGenerator, run_generator
+from napari_clipmed.progress import Progress, ProgressGenerator, forward, run_generator
 
 if TYPE_CHECKING:
     from napari_clipmed.models.model import ClipModel
@@ -155,7 +155,7 @@ def iter_evaluate_cohort(
     `positive_class` defaults to the first montage class (e.g. "ILD"). With `case_dir`, each
     case's montage outputs are saved in a subfolder named after the case.
     """
-    from napari_clipmed.metrics import bootstrap_ci, roc_auc
+    from napari_clipmed.metrics import bootstrap_ci, roc_auc, roc_curve
 
     cfg = config or CTMontageConfig()
     classes = list(cfg.class_prompts)
@@ -175,14 +175,8 @@ def iter_evaluate_cohort(
             with warnings.catch_warnings(record=True) as caught:
                 warnings.simplefilter("always")
                 volume = read_ct(case.path)
-            gen = iter_run_ct_montage(volume, model, cfg)
-            while True:
-                try:
-                    step = next(gen)
-                except StopIteration as stop:
-                    result = stop.value
-                    break
-                yield Progress(100 * i + int(99 * step.fraction), total, f"case {i + 1} of {len(cases)}: {step.message}")
+            result = yield from forward(iter_run_ct_montage(volume, model, cfg), 100 * i, total, span=99,
+                                        prefix=f"case {i + 1} of {len(cases)}: ")
         except InputError as err:
             row["error"] = str(err)
             rows.append(row)
@@ -210,18 +204,6 @@ def evaluate_cohort(csv_path: str | Path, model: ClipModel, config: CTMontageCon
                     **kwargs: object) -> CohortResult:
     """Plain-call twin of `iter_evaluate_cohort`."""
     return run_generator(iter_evaluate_cohort(csv_path, model, config, **kwargs))  # type: ignore[arg-type]
-
-
-def roc_curve(y: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """False and true positive rates at every distinct score threshold (high to low), starting at (0, 0)."""
-    y = np.asarray(y).astype(bool)
-    s = np.asarray(scores, dtype=np.float64)
-    order = np.argsort(-s, kind="mergesort")
-    s, y = s[order], y[order]
-    last_of_tie = np.r_[np.flatnonzero(np.diff(s)), len(s) - 1]
-    tps = np.cumsum(y)[last_of_tie]
-    fps = (last_of_tie + 1) - tps
-    return np.r_[0.0, fps / max(1, (~y).sum())], np.r_[0.0, tps / max(1, y.sum())]
 
 
 def roc_plot_png(fpr: np.ndarray, tpr: np.ndarray, auroc: float, ci: tuple[float, float], positive: str,

@@ -159,23 +159,6 @@ def saturation(image: np.ndarray) -> np.ndarray:
     return np.divide(hi - lo, hi, out=np.zeros_like(hi), where=hi > 0)
 
 
-def otsu_threshold(values: np.ndarray, nbins: int = 256) -> float:
-    """Otsu's threshold on a 256-bin histogram over the values' range (as skimage.filters.threshold_otsu)."""
-    values = np.asarray(values, dtype=np.float64).ravel()
-    lo, hi = float(values.min()), float(values.max())
-    if lo == hi:
-        return lo
-    hist, edges = np.histogram(values, bins=nbins, range=(lo, hi))
-    centers = (edges[:-1] + edges[1:]) / 2
-    hist = hist.astype(np.float64)
-    w1 = np.cumsum(hist)
-    w2 = np.cumsum(hist[::-1])[::-1]
-    m1 = np.cumsum(hist * centers) / np.maximum(w1, 1e-300)
-    m2 = (np.cumsum((hist * centers)[::-1]) / np.maximum(w2[::-1], 1e-300))[::-1]
-    between = w1[:-1] * w2[1:] * (m1[:-1] - m2[1:]) ** 2
-    return float(centers[int(np.argmax(between))])
-
-
 def tissue_mask(image: np.ndarray, min_size: int | None = None) -> np.ndarray:
     """Boolean mask (H, W) of stained tissue: Otsu on sqrt(HSV saturation), specks removed, holes filled.
 
@@ -191,7 +174,9 @@ def tissue_mask(image: np.ndarray, min_size: int | None = None) -> np.ndarray:
         return np.zeros((h, w), dtype=bool)
     step = max(1, -(-max(h, w) // MASK_SIDE))
     sat = np.sqrt(saturation(image[::step, ::step]))
-    mask = sat > otsu_threshold(sat)
+    from skimage.filters import threshold_otsu
+
+    mask = sat > (threshold_otsu(sat) if sat.min() < sat.max() else sat.min())
     if min_size is None:
         min_size = max(64, int(1e-4 * h * w))
     small_size = max(1, int(round(min_size / step**2)))
