@@ -21,3 +21,7 @@ class CheckpointError(ClipmedError):
 
 class CheckpointMismatchError(CheckpointError):
     """A checkpoint whose keys or tensor shapes do not fit the model's architecture."""
+
+
+class ClipmedWarning(UserWarning):
+    """Something the user should know that does not stop the run (files skipped, classes left out...)."""

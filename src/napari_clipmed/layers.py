@@ -143,7 +143,8 @@ def volume_snapshot(layer: Any) -> CTVolume:
             "(z, y, x) - open the whole series or NIfTI file"
         )
     meta = getattr(layer, "metadata", {}) or {}
-    spacing: tuple[float, ...] | None = tuple(float(s) for s in np.asarray(layer.scale)[-3:])
+    z, y, x = (float(s) for s in np.asarray(layer.scale)[-3:])
+    spacing: tuple[float, float, float] | None = (z, y, x)
     if spacing == (1.0, 1.0, 1.0) and "spacing" not in meta:
         spacing = None  # a plain array: CTVolume notes that 1 mm is assumed
     translate = tuple(float(t) for t in np.asarray(layer.translate)[-3:])

@@ -21,7 +21,7 @@ import warnings
 
 import numpy as np
 
-from napari_clipmed.errors import InputError
+from napari_clipmed.errors import ClipmedWarning, InputError
 
 ArrayLike = np.ndarray | Sequence
 
@@ -131,7 +131,7 @@ def _one_vs_rest(
     present = [c for c in range(cols.size) if np.any(t == cols[c])]
     if len(present) < cols.size:
         missing = [str(cols[c]) for c in range(cols.size) if c not in present]
-        warnings.warn(f"classes without samples left out of the average: {', '.join(missing)}", stacklevel=3)
+        warnings.warn(f"classes without samples left out of the average: {', '.join(missing)}", ClipmedWarning, stacklevel=3)
     return float(np.mean([fn(t == cols[c], s[:, c]) for c in present]))
 
 

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import json
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
@@ -353,7 +353,7 @@ class EmbeddingIndex:
         if path.suffix != ".npz":
             path = path.with_name(path.name + ".npz")
         meta = {"format": _FORMAT, "version": 1, "model_id": self.model_id, "n": len(self), "dim": self.dim}
-        arrays: dict[str, np.ndarray] = {"embeddings": self._emb, "meta": np.array(json.dumps(meta))}
+        arrays: dict[str, Any] = {"embeddings": self._emb, "meta": np.array(json.dumps(meta))}
         if self.labels is not None:
             arrays["labels"] = self.labels
         if self.ids is not None:

@@ -29,6 +29,10 @@ def _templates(text: str | None) -> list[str] | None:
     return [t.strip() for t in text.split(";") if t.strip()] if text else None
 
 
+def _tuple_or_none(items: list[str] | None) -> tuple[str, ...] | None:
+    return tuple(items) if items is not None else None
+
+
 def _common(p: argparse.ArgumentParser, single: bool = True) -> None:
     from napari_clipmed.commands.models import add_model_arguments
 
@@ -99,8 +103,9 @@ def _run_robustness(args: argparse.Namespace) -> int:
         tileset = tileset.select_split(args.split)
     config = RobustnessConfig(
         models=tuple(args.models), corruptions=tuple(args.corruptions), severities=tuple(args.severities),
-        ks=tuple(args.k), preset=args.preset, templates=_templates(args.templates), seed=args.seed,
-        batch_size=args.batch_size, out_dir=args.out, weights_dir=Path(args.weights_dir) if args.weights_dir else None, cache_dir=args.cache_dir,
+        ks=tuple(args.k), preset=args.preset, templates=_tuple_or_none(_templates(args.templates)), seed=args.seed,
+        batch_size=args.batch_size, out_dir=args.out, cache_dir=args.cache_dir,
+        weights_dir=Path(args.weights_dir) if args.weights_dir else None,
         use_cache=not args.no_cache, device=args.device,
     )
     printer = CliProgress(args.quiet)
@@ -185,7 +190,8 @@ def _run_retrieve(args: argparse.Namespace) -> int:
         queries = tuple(SourceImage.of_array(image, str(paths[i])) for image, i in zip(read.images, read.indices))
         query_labels = None if labels is None else tuple(labels[i] for i in read.indices)
         if args.gallery.suffix.lower() != ".npz" and args.query.resolve() == args.gallery.resolve():
-            position = {p: i for i, p in enumerate(index.ids)}  # the queries are the gallery: leave each one out
+            ids: list[str] = [] if index.ids is None else [str(i) for i in index.ids]
+            position = {p: i for i, p in enumerate(ids)}  # the queries are the gallery: leave each one out
             rows = tuple(position[q.name] for q in queries)
         query = op.QueryRequest(index, queries, args.k, query_rows=rows, query_labels=query_labels,
                                 batch_size=args.batch_size)

@@ -175,7 +175,9 @@ def patch_table(result: CTMontageResult) -> Any:
     return frame
 
 
-def patch_boxes(result: CTMontageResult, geom: Geometry, source_name: str, name: str | None = None) -> tuple[list[np.ndarray], dict[str, Any]]:
+def patch_boxes(
+    result: CTMontageResult, geom: Geometry, source_name: str, name: str | None = None
+) -> tuple[list[np.ndarray], dict[str, Any]]:
     """Shapes layer data + kwargs: one rectangle per montage patch on its slice, over the source layer's voxels.
 
     Vertices are voxel coordinates (z, y, x) on pixel edges; the layer copies the source's
@@ -211,7 +213,9 @@ def patch_boxes(result: CTMontageResult, geom: Geometry, source_name: str, name:
     return rects, kwargs
 
 
-def montage_image(result: CTMontageResult, geom: Geometry, source_name: str, name: str | None = None) -> tuple[np.ndarray, dict[str, Any]]:
+def montage_image(
+    result: CTMontageResult, geom: Geometry, source_name: str, name: str | None = None
+) -> tuple[np.ndarray, dict[str, Any]]:
     """Image layer data + kwargs of the montage (RGB), placed right of the source volume at its height.
 
     metadata: `probabilities` and `prediction` (montage-level classes), `cells` (the patch table),

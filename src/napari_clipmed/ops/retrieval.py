@@ -46,7 +46,8 @@ def is_gallery_source(path: Path) -> bool:
 
 
 def list_gallery(source: str | os.PathLike[str]) -> tuple[list[Path], list[str] | None]:
-    """Image paths and labels of a gallery (the one reader of image collections): one image file; a CSV manifest (``path,label[,split]``, relative paths
+    """Image paths and labels of a gallery (the one reader of image collections): one image file; a CSV
+    manifest (``path,label[,split]``, relative paths
     from the manifest's folder); ImageFolder (``ROOT/<label>/**/image``) when sub-folders hold
     images; else the images directly in the folder (labels None)."""
     root = Path(source)
@@ -86,8 +87,10 @@ class GalleryBuild:
         """One row per indexed image: path, label."""
         import pandas as pd
 
-        labels = self.index.labels if self.index.labels is not None else [""] * len(self.index)
-        return pd.DataFrame({"path": [str(p) for p in self.index.ids], "label": [str(x) for x in labels]})
+        n = len(self.index)
+        ids = self.index.ids if self.index.ids is not None else range(n)
+        labels = self.index.labels if self.index.labels is not None else [""] * n
+        return pd.DataFrame({"path": [str(p) for p in ids], "label": [str(x) for x in labels]})
 
     def save(self, path: str | os.PathLike[str]) -> Path:
         """The index as one ``.npz`` file (atomically); a folder gets ``index.npz`` inside it."""
