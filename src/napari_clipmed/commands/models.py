@@ -62,8 +62,8 @@ def _convert(args: argparse.Namespace) -> int:
 
 def _encode(args: argparse.Namespace) -> int:
     import numpy as np
-    from PIL import Image
 
+    from napari_clipmed.datasets import read_image
     from napari_clipmed.io.atomic import atomic_path
     from napari_clipmed.models.cache import EmbeddingCache
 
@@ -72,7 +72,7 @@ def _encode(args: argparse.Namespace) -> int:
     if missing:
         raise InputError(f"{len(missing)} image files do not exist: {', '.join(missing[:5])}")
     model = model_from_args(args)
-    images = [np.asarray(Image.open(p).convert("RGB")) for p in paths]
+    images = [read_image(p) for p in paths]
     cache = None if args.no_cache else EmbeddingCache(args.cache_dir)
     embeddings = model.encode_images(images, batch_size=args.batch_size, cache=cache)
     out = Path(args.out)
