@@ -118,11 +118,12 @@ def _is_dicom(path: str | os.PathLike[str]) -> bool:
 
 def _has_dicom_file(folder: Path, limit: int = 64) -> bool:
     """Cheap check before GDCM scans a folder: one of its first files is DICOM."""
-    for i, entry in enumerate(os.scandir(folder)):
-        if i >= limit:
-            break
-        if entry.is_file() and _is_dicom(entry.path):
-            return True
+    with os.scandir(folder) as entries:
+        for i, entry in enumerate(entries):
+            if i >= limit:
+                break
+            if entry.is_file() and _is_dicom(entry.path):
+                return True
     return False
 
 
