@@ -199,7 +199,6 @@ class RetrievalResult:
     query_labels: tuple[str, ...] | None = None
     model: str = ""
     index_size: int = 0
-    extra: dict[str, Any] = field(default_factory=dict)
 
     def to_frame(self) -> pd.DataFrame:
         """One row per (query, rank): query[, query_label], rank (1 = best), index, path, label, similarity."""

@@ -5,7 +5,7 @@ classified against a `PromptSet`; the result is a table and a Shapes layer colou
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -108,7 +108,6 @@ class ZeroShotLabels:
     model: str  # ClipModel.identity
     tile_size: int | None = None
     stride: int | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
 
     @property
     def predicted(self) -> list[str]:
