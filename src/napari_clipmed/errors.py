@@ -25,3 +25,15 @@ class CheckpointMismatchError(CheckpointError):
 
 class ClipmedWarning(UserWarning):
     """Something the user should know that does not stop the run (files skipped, classes left out...)."""
+
+
+class BundleError(ClipmedError):
+    """A weights bundle that is incomplete or damaged (missing file, hash mismatch, bad manifest)."""
+
+
+class GatedModelError(WeightsNotFoundError):
+    """A gated model asked for without credentials that the hub accepts."""
+
+
+class BackendError(ClipmedError):
+    """A model backend that is unknown or whose entry point fails to import."""
