@@ -208,9 +208,10 @@ def main() -> None:
 
     stream, whole = _child("tiler", paths[big], "stream", str(args.tiles)), _child("tiler", paths[big], "whole", str(args.tiles))
     assert stream["tiles"] == whole["tiles"]
-    print(f"\ntiler ({stream['tiles']:,} tiles of 224 px at 0.5 µm/px): streaming {stream['seconds']:.1f} s, peak {stream['peak_mb']:.0f} MB; "
-          f"whole level {whole['seconds']:.1f} s, peak {whole['peak_mb']:.0f} MB")
-    print(f"  ratio streaming/whole: time {stream['seconds'] / whole['seconds']:.2f}x, peak memory {stream['peak_mb'] / whole['peak_mb']:.2f}x")
+    print(f"\ntiler ({stream['tiles']:,} tiles of 224 px at 0.5 µm/px): streaming {stream['seconds']:.1f} s, "
+          f"peak {stream['peak_mb']:.0f} MB; whole level {whole['seconds']:.1f} s, peak {whole['peak_mb']:.0f} MB")
+    print(f"  ratio streaming/whole: time {stream['seconds'] / whole['seconds']:.2f}x, "
+          f"peak memory {stream['peak_mb'] / whole['peak_mb']:.2f}x")
 
     zs = _child("zeroshot", paths[big], str(args.tiles))
     print(f"\nslide zero-shot, tiny-random, {zs['tiles']:,} tiles: {zs['seconds']:.1f} s end to end "

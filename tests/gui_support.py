@@ -11,7 +11,7 @@ import numpy as np
 
 def load_tiny(widget: Any) -> Any:
     """Load the tiny random model into the widget's viewer session, synchronously."""
-    from napari_clipmed._widgets._session import ModelChoice, session_for
+    from napari_clipmed.session import ModelChoice, session_for
 
     return session_for(widget.viewer).load_now(ModelChoice("tiny-random"))
 

@@ -1,6 +1,6 @@
 """Core modules never pull in Qt or napari: importing all of them in a fresh process leaves those out.
 
-Only the GUI layer (`_widgets`, `_reader`, `_sample_data`, `api`, `commands.gui`) may touch napari;
+Only the GUI layer (`_widgets`, `_reader`, `_sample_data`, `layers`, `api`, `commands.gui`) may touch napari;
 everything else must work in a headless batch job. Checked in a subprocess, since this test
 process may already have imported napari for other tests.
 """
@@ -15,7 +15,7 @@ from pathlib import Path
 
 import napari_clipmed
 
-GUI_MODULES = ("napari_clipmed._widgets", "napari_clipmed._reader", "napari_clipmed._sample_data",
+GUI_MODULES = ("napari_clipmed._widgets", "napari_clipmed._reader", "napari_clipmed._sample_data", "napari_clipmed.layers",
                "napari_clipmed.api", "napari_clipmed.commands.gui")
 FORBIDDEN = ("qtpy", "PyQt5", "PyQt6", "PySide2", "PySide6", "napari", "magicgui", "superqt", "vispy")
 

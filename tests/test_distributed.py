@@ -212,7 +212,8 @@ def test_tile_chunks_on_the_cluster_equal_the_in_process_store(client, tmp_path:
     remote = run(EmbedRequest(tiles, tmp_path / "remote", chunk_size=3), tiny, client=client)
     assert remote.run.keys == local.run.keys and set(remote.run.computed) == set(remote.run.keys)
     a, b = EmbeddingIndex.load(local.index_path), EmbeddingIndex.load(remote.index_path)
-    np.testing.assert_array_equal(b.embeddings, a.embeddings)
+    # workers run torch with one thread: another summation order, equal to float32 rounding
+    np.testing.assert_allclose(b.embeddings, a.embeddings, rtol=0, atol=1e-6)
     assert list(b.ids) == list(a.ids) and list(b.labels) == list(a.labels) and b.model_id == a.model_id
     assert remote.skipped == local.skipped and len(remote.skipped) == 1
 

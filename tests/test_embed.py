@@ -29,7 +29,7 @@ CHEST_CT = Path(__file__).resolve().parents[2] / "shared" / "data" / "ct" / "che
 def write_tiles(root: Path, per_class: int = 6) -> Path:
     """ImageFolder with two classes of 48 x 48 tiles from two regions of the H&E image, plus one broken file."""
     image = np.asarray(Image.open(HE).convert("RGB"))
-    for c, (name, y0) in enumerate((("tumour", 100), ("stroma", 600))):
+    for name, y0 in (("tumour", 100), ("stroma", 600)):
         (root / name).mkdir(parents=True, exist_ok=True)
         for i in range(per_class):
             Image.fromarray(np.ascontiguousarray(image[y0 : y0 + 48, 100 + 60 * i : 148 + 60 * i])).save(
@@ -98,7 +98,7 @@ def test_retrieve_reads_the_index_saved_next_to_the_store(tiny, tiles: Path, tmp
     assert main(["retrieve", "--gallery", str(index_path), "--query", str(query), "--model", "tiny-random",
                  "--device", "cpu", "--k", "3", "--out", str(tmp_path / "hits.csv"), "--quiet"]) == 0
     hits = pd.read_csv(tmp_path / "hits.csv")
-    assert len(hits) == 3 and Path(hits.iloc[0]["id"]).name == "t0.png"
+    assert len(hits) == 3 and Path(hits.iloc[0]["path"]).name == "t0.png"
 
 
 def test_bad_requests_are_refused(tmp_path: Path) -> None:

@@ -31,7 +31,8 @@ def test_npe2_validates_the_manifest() -> None:
 
 def test_npe2_cli_validate() -> None:
     npe2 = Path(sys.executable).with_name("npe2")
-    proc = subprocess.run([str(npe2), "validate", str(MANIFEST)], capture_output=True, text=True, timeout=120)
+    proc = subprocess.run([str(npe2), "validate", str(MANIFEST)], capture_output=True, text=True, encoding="utf-8",
+                          timeout=120)
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
 

@@ -148,3 +148,14 @@ def test_retrieval_metrics_reject_k_beyond_neighbours() -> None:
     out = m.retrieval_metrics([0], [[0, 1, 0]], [1, 3])
     assert out["top@1"] == 1.0 and out["precision@3"] == pytest.approx(2 / 3) and out["majority@3"] == 1.0
     assert set(out) == {f"{name}@{k}" for name in ("top", "majority", "precision", "map") for k in (1, 3)}
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_roc_curve_matches_sklearn(seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, 2, 60)
+    s = np.round(rng.random(60), 1)  # ties between scores
+    fpr, tpr, _ = skm.roc_curve(y, s, drop_intermediate=False)
+    ours_fpr, ours_tpr = m.roc_curve(y, s)
+    np.testing.assert_allclose(ours_fpr, fpr)
+    np.testing.assert_allclose(ours_tpr, tpr)

@@ -10,6 +10,7 @@ layer of lazy levels (`io.slide`) whose `scale` is the slide's µm per pixel.
 from __future__ import annotations
 
 import os
+import weakref
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -120,11 +121,12 @@ def _is_dicom(path: str | os.PathLike[str]) -> bool:
 
 def _has_dicom_file(folder: Path, limit: int = 64) -> bool:
     """Cheap check before GDCM scans a folder: one of its first files is DICOM."""
-    for i, entry in enumerate(os.scandir(folder)):
-        if i >= limit:
-            break
-        if entry.is_file() and _is_dicom(entry.path):
-            return True
+    with os.scandir(folder) as entries:
+        for i, entry in enumerate(entries):
+            if i >= limit:
+                break
+            if entry.is_file() and _is_dicom(entry.path):
+                return True
     return False
 
 
@@ -179,6 +181,7 @@ def read_slide(path: str | os.PathLike[str], mpp: float | None = None) -> list[L
         "units": "µm" if slide.mpp is not None else "px",
     }
     data = list(slide.levels)
+    weakref.finalize(data[0], slide.close)  # the file stays open while the layer's arrays live
     kwargs: dict[str, Any] = {
         "name": slide.name,
         "rgb": True,

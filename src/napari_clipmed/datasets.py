@@ -19,7 +19,7 @@ import warnings
 
 import numpy as np
 
-from napari_clipmed.errors import InputError
+from napari_clipmed.errors import ClipmedWarning, InputError
 from napari_clipmed.progress import Progress, ProgressGenerator, run_generator
 
 if TYPE_CHECKING:
@@ -236,7 +236,7 @@ def iter_read_images(paths: Sequence[str | os.PathLike], every: int = 64) -> Pro
     if failed:
         first = ", ".join(p for p, _ in failed[:3])
         more = f" and {len(failed) - 3} more" if len(failed) > 3 else ""
-        warnings.warn(f"skipped {len(failed)} unreadable image file(s): {first}{more}", stacklevel=2)
+        warnings.warn(f"skipped {len(failed)} unreadable image file(s): {first}{more}", ClipmedWarning, stacklevel=2)
     return ImageReadResult(images, np.asarray(ok, dtype=np.int64), failed)
 
 

@@ -23,6 +23,10 @@ class CheckpointMismatchError(CheckpointError):
     """A checkpoint whose keys or tensor shapes do not fit the model's architecture."""
 
 
+class ClipmedWarning(UserWarning):
+    """Something the user should know that does not stop the run (files skipped, classes left out...)."""
+
+
 class BundleError(ClipmedError):
     """A weights bundle that is incomplete or damaged (missing file, hash mismatch, bad manifest)."""
 

@@ -21,7 +21,7 @@ import warnings
 
 import numpy as np
 
-from napari_clipmed.errors import InputError
+from napari_clipmed.errors import ClipmedWarning, InputError
 
 ArrayLike = np.ndarray | Sequence
 
@@ -131,7 +131,7 @@ def _one_vs_rest(
     present = [c for c in range(cols.size) if np.any(t == cols[c])]
     if len(present) < cols.size:
         missing = [str(cols[c]) for c in range(cols.size) if c not in present]
-        warnings.warn(f"classes without samples left out of the average: {', '.join(missing)}", stacklevel=3)
+        warnings.warn(f"classes without samples left out of the average: {', '.join(missing)}", ClipmedWarning, stacklevel=3)
     return float(np.mean([fn(t == cols[c], s[:, c]) for c in present]))
 
 
@@ -304,3 +304,15 @@ def retrieval_metrics(query_labels: ArrayLike, neighbour_labels: ArrayLike, ks: 
         out[f"precision@{k}"] = precision_at_k(query_labels, neighbour_labels, k)
         out[f"map@{k}"] = map_at_k(query_labels, neighbour_labels, k)
     return out
+
+
+def roc_curve(y: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """False and true positive rates at every distinct score threshold (high to low), starting at (0, 0)."""
+    y = np.asarray(y).astype(bool)
+    s = np.asarray(scores, dtype=np.float64)
+    order = np.argsort(-s, kind="mergesort")
+    s, y = s[order], y[order]
+    last_of_tie = np.r_[np.flatnonzero(np.diff(s)), len(s) - 1]
+    tps = np.cumsum(y)[last_of_tie]
+    fps = (last_of_tie + 1) - tps
+    return np.r_[0.0, fps / max(1, (~y).sum())], np.r_[0.0, tps / max(1, y.sum())]

@@ -42,11 +42,25 @@ def run_generator(gen: Generator[Progress, None, T], on_progress: ProgressCallba
             on_progress(step)
 
 
-def forward(gen: Generator[Progress, None, T], offset: int, total: int, message: str = "") -> Generator[Progress, None, T]:
-    """Re-yield a sub-generator's progress inside a larger job (`offset` steps already done of `total`)."""
+def forward(
+    gen: Generator[Progress, None, T],
+    offset: int,
+    total: int,
+    message: str = "",
+    *,
+    span: int | None = None,
+    prefix: str = "",
+) -> Generator[Progress, None, T]:
+    """Re-yield a sub-generator's progress inside a larger job and return its result: the one relay.
+
+    `offset` steps of `total` are already done. The sub-job's steps count as they are, or, with
+    `span`, its fraction done is scaled into `span` steps (0: every step stays at `offset`, as
+    cancel points only). Each message is `message`, else `prefix` + the sub-job's message.
+    """
     while True:
         try:
             step = next(gen)
         except StopIteration as stop:
             return stop.value
-        yield Progress(offset + step.done, total, message or step.message)
+        done = step.done if span is None else int(span * step.fraction)
+        yield Progress(offset + done, total, message or f"{prefix}{step.message}")

@@ -29,7 +29,7 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
@@ -186,11 +186,12 @@ class EmbeddingIndex:
         view.flags.writeable = False
         return view
 
-    def _check_model(self, model_id: str | None, what: str) -> None:
+    def check_model(self, model_id: str | None, what: str) -> None:
         if model_id is not None and self.model_id is not None and model_id != self.model_id:
             raise InputError(
                 f"{what} come from model '{model_id}' but this index holds embeddings of model "
-                f"'{self.model_id}'; embeddings of different models cannot be compared"
+                f"'{self.model_id}'; embeddings of different models cannot be compared (load that model, "
+                "or rebuild the index with this one)"
             )
 
     def add(
@@ -201,7 +202,7 @@ class EmbeddingIndex:
         model_id: str | None = None,
     ) -> None:
         """Append embeddings (of the same model and dimension) to the gallery."""
-        self._check_model(model_id, "the new embeddings")
+        self.check_model(model_id, "the new embeddings")
         new = _unit_rows(embeddings, "new embeddings")
         if new.shape[1] != self.dim:
             raise InputError(f"the new embeddings have {new.shape[1]} dimensions, the index has {self.dim}")
@@ -234,6 +235,17 @@ class EmbeddingIndex:
         """Leave-one-out: every gallery item queried against all the others."""
         return self.search(self._emb, k, exclude_self=True, backend=backend)
 
+    def check_k(self, k: object, exclude_self: bool = False) -> int:
+        """`k` as an int when this index can answer it (the one check of k, with one message)."""
+        n = len(self)
+        n_eff = n - int(exclude_self)
+        if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
+            raise InputError(f"k must be a positive whole number, got {k!r}")
+        if k > n_eff:
+            extra = " once each query is left out of its own search" if exclude_self else ""
+            raise InputError(f"k={k} is larger than the gallery: it has {n} items, so at most {n_eff} neighbours{extra}")
+        return int(k)
+
     def iter_search(
         self,
         queries: np.ndarray | Sequence,
@@ -249,7 +261,7 @@ class EmbeddingIndex:
         re-encoded, e.g. a corrupted copy); `query_rows` names the gallery row of each query for a
         subset. A query then never retrieves its own gallery item.
         """
-        self._check_model(model_id, "the queries")
+        self.check_model(model_id, "the queries")
         q = _unit_rows(queries, "query embeddings")
         n = len(self)
         if q.shape[1] != self.dim:
@@ -265,11 +277,7 @@ class EmbeddingIndex:
                 raise InputError(f"leave-one-out search needs one query per gallery item ({n}), got {len(q)} queries")
             self_rows = np.arange(n)
         n_eff = n - int(exclude_self)
-        if not isinstance(k, (int, np.integer)) or k < 1:
-            raise InputError(f"k must be a positive whole number, got {k!r}")
-        if k > n_eff:
-            extra = " once each query is left out of its own search" if exclude_self else ""
-            raise InputError(f"k={k} is larger than the gallery: it has {n} items, so at most {n_eff} neighbours{extra}")
+        self.check_k(k, exclude_self)
         use_ivf = self._use_ivf(backend)
         use_faiss = use_ivf or self._use_faiss(backend, len(q))
         fetch = min(n, min(n_eff, k + _MARGIN) + int(exclude_self))
@@ -427,7 +435,7 @@ class EmbeddingIndex:
         if path.suffix != ".npz":
             path = path.with_name(path.name + ".npz")
         meta = {"format": _FORMAT, "version": 1, "model_id": self.model_id, "n": len(self), "dim": self.dim}
-        arrays: dict[str, np.ndarray] = {"embeddings": self._emb, "meta": np.array(json.dumps(meta))}
+        arrays: dict[str, Any] = {"embeddings": self._emb, "meta": np.array(json.dumps(meta))}
         if self.labels is not None:
             arrays["labels"] = self.labels
         if self.ids is not None:

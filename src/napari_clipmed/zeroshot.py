@@ -20,6 +20,7 @@ from napari_clipmed.errors import InputError
 from napari_clipmed.progress import Progress, ProgressGenerator, run_generator
 
 if TYPE_CHECKING:
+    from napari_clipmed.models.cache import EmbeddingCache
     from napari_clipmed.models.model import ClipModel
 
 DEFAULT_TEMPLATES: tuple[str, ...] = ("an H&E image of {}.", "a histopathology image of {}.")
@@ -135,16 +136,16 @@ class PromptSet:
     ) -> PromptSet:
         if not isinstance(data, Mapping):
             raise InputError(f"{what} must be a mapping of classes to names (or have a 'classes:' section)")
-        if "classes" not in data:
-            if "templates" in data:
-                raise InputError(f"{what} has templates but no 'classes:' section")
-            data = {"classes": data}
+        if "classes" not in data and "templates" in data:
+            raise InputError(f"{what} has templates but no 'classes:' section")
+        doc: Mapping[str, Any] = data if "classes" in data else {"classes": data}
+        given: Sequence[str] | None = _template_list(templates)
         made = cls.from_spec(
-            data["classes"],
-            _template_list(templates) or data.get("templates"),
-            name or str(data.get("name", default_name)),
+            doc["classes"],
+            given if given is not None else doc.get("templates"),
+            name or str(doc.get("name", default_name)),
         )
-        return replace(made, description=str(data.get("description", "")))
+        return replace(made, description=str(doc.get("description", "")))
 
     @property
     def class_names(self) -> list[str]:
@@ -317,7 +318,7 @@ def iter_classify_images(
     *,
     ids: Sequence[str] | None = None,
     batch_size: int = 64,
-    cache: object | None = None,
+    cache: EmbeddingCache | None = None,
 ) -> ProgressGenerator[ZeroShotResult]:
     """Encode `images` and classify them; yields Progress per batch."""
     embeddings = yield from model.iter_encode_images(images, batch_size=batch_size, cache=cache)

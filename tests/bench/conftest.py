@@ -25,7 +25,8 @@ def _tiles(image: np.ndarray, n: int, size: int) -> list[np.ndarray]:
 
 def write_tile_folder(root: Path) -> Path:
     he = np.asarray(Image.open(DATA / "he_carcinoma_tiatoolbox.png").convert("RGB"))
-    skin = tifffile.TiffFile(DATA / "cmu_small_region.svs").pages[0].asarray()
+    with tifffile.TiffFile(DATA / "cmu_small_region.svs") as tif:
+        skin = tif.pages[0].asarray()
     for name, image in (("he_carcinoma", he), ("cmu_skin", skin)):
         (root / name).mkdir(parents=True, exist_ok=True)
         for i, tile in enumerate(_tiles(image, PER_IMAGE, TILE)):

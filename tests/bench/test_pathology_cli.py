@@ -77,7 +77,7 @@ def test_retrieve_command_leave_one_out_and_saved_index(tile_root: Path, tmp_pat
                  "--k", "5", "--out", str(hits_csv), "--save-index", str(index_path), "--quiet"]) == 0
     hits = pd.read_csv(hits_csv)
     assert len(hits) == 24 * 5 and list(hits["rank"][:5]) == [1, 2, 3, 4, 5]
-    assert not (hits["query"] == hits["id"]).any()  # a query never retrieves itself
+    assert not (hits["query"] == hits["path"]).any()  # a query never retrieves itself
     assert (hits.groupby("query")["similarity"].apply(lambda s: s.is_monotonic_decreasing)).all()
 
     # the saved index answers a single-image query; its own tile comes first (it is in the gallery)
@@ -86,9 +86,9 @@ def test_retrieve_command_leave_one_out_and_saved_index(tile_root: Path, tmp_pat
     assert main(["retrieve", "--gallery", str(index_path), "--query", str(image), "--model", "tiny-random",
                  "--k", "6", "--out", str(single), "--quiet"]) == 0
     one = pd.read_csv(single)
-    assert one["id"].iloc[0] == str(image) and one["similarity"].iloc[0] == pytest.approx(1, abs=1e-5)
-    loo = hits[hits["query"] == str(image)]["id"].tolist()
-    assert one["id"].iloc[1:].tolist() == loo
+    assert one["path"].iloc[0] == str(image) and one["similarity"].iloc[0] == pytest.approx(1, abs=1e-5)
+    loo = hits[hits["query"] == str(image)]["path"].tolist()
+    assert one["path"].iloc[1:].tolist() == loo
 
 
 def test_retrieve_command_refuses_k_beyond_the_gallery(tile_root: Path, tmp_path: Path,

@@ -95,7 +95,8 @@ def test_cohort_files(cohort_result, tmp_path: Path) -> None:
     assert sorted(files) == ["cases.csv", "config.json", "metrics.json", "roc.png"]
     metrics = json.loads(files["metrics.json"].read_text())
     assert metrics["auroc"] == pytest.approx(cohort_result.auroc) and metrics["n_positive"] == 3
-    assert Image.open(files["roc.png"]).size[0] > 100
+    with Image.open(files["roc.png"]) as roc:
+        assert roc.size[0] > 100
     assert len(pd.read_csv(files["cases.csv"])) == 6
 
 

@@ -29,7 +29,7 @@ def viewer(make_napari_viewer: Any) -> Any:
 
 @pytest.fixture(scope="session")
 def tiny_model() -> Any:
-    from napari_clipmed._widgets._session import preload_triton
+    from napari_clipmed.session import preload_triton
     from napari_clipmed.models.loader import load_model
 
     preload_triton()  # as the widgets' sessions do: a GL context may already exist

@@ -57,7 +57,7 @@ def test_zeroshot_labels_on_rectangles_and_tiles(viewer: Any, he: Any, tiny_mode
 
 
 def test_retrieve_finds_the_identical_tile(viewer: Any, he: Any, tiny_model: Any, tmp_path: Path) -> None:
-    from napari_clipmed._widgets._gallery import index_folder
+    from napari_clipmed.ops.retrieval import IndexRequest, build_index
 
     api.load_model(viewer, "tiny-random")
     for label, (r, c) in {"a": (0, 0), "b": (300, 300), "c": (600, 100)}.items():
@@ -66,7 +66,7 @@ def test_retrieve_finds_the_identical_tile(viewer: Any, he: Any, tiny_model: Any
         for i in range(3):
             Image.fromarray(np.ascontiguousarray(he.data[r + 60 * i : r + 60 * i + 128, c : c + 128])).save(
                 folder / f"{label}{i}.png")
-    index = index_folder(tiny_model, tmp_path / "gallery").index
+    index = build_index(IndexRequest(tmp_path / "gallery"), tiny_model).index
     rect = np.array([[300, 300], [300, 428], [428, 428], [428, 300]], float)  # exactly tile b0
     shapes = viewer.add_shapes([rect], shape_type="rectangle", name="query")
     frame = api.retrieve(viewer, he, index, k=4, shapes_layer=shapes)

@@ -15,7 +15,7 @@ from PIL import Image
 from qtpy.QtCore import Qt
 from scipy import ndimage
 
-from napari_clipmed._widgets import _path_layers
+from napari_clipmed import layers
 from napari_clipmed._widgets.corruption_explorer import CorruptionExplorerWidget
 from napari_clipmed.pathology.corrupt import corrupt
 
@@ -110,7 +110,7 @@ def test_severity_strip_and_huge_image_crop(qtbot, widget: CorruptionExplorerWid
     np.testing.assert_array_equal(source.data, he)
 
     # an image over the size limit is previewed on its central crop, placed where it sits
-    monkeypatch.setattr(_path_layers, "MAX_PREVIEW_SIDE", 128)
+    monkeypatch.setattr(layers, "MAX_PREVIEW_SIDE", 128)
     widget.live.value = True
     widget.severity.value = 2.0
     _settle(qtbot, widget, "he [contrast 2]")

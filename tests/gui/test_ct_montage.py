@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from napari_clipmed._widgets._session import ModelChoice
+from napari_clipmed.session import ModelChoice
 from napari_clipmed._widgets.ct_montage import CTMontageWidget
 
 K = 5
@@ -42,7 +42,7 @@ def _last_notification() -> str:
 
 
 def test_run_adds_boxes_montage_and_tables(viewer: Any, qtbot: Any, ct_layer: Any, ct_crop: Any) -> None:
-    from napari_clipmed._widgets import _layers
+    from napari_clipmed import layers
     from napari_clipmed.ct.pipeline import run_ct_montage
 
     before = np.array(ct_layer.data, copy=True)
@@ -93,8 +93,8 @@ def test_run_adds_boxes_montage_and_tables(viewer: Any, qtbot: Any, ct_layer: An
     target = 3
     widget.patch_table.selectRow(target)
     assert viewer.dims.current_step[0] == feats["slice"].iloc[target]
-    centre = _layers.patch_world_centre(feats, target, ct_layer)
-    np.testing.assert_allclose(_layers.camera_of(viewer).center[-2:], centre[-2:])
+    centre = layers.patch_world_centre(feats, target, ct_layer)
+    np.testing.assert_allclose(layers.camera_of(viewer).center[-2:], centre[-2:])
     assert boxes.selected_data == {target}
 
 
@@ -233,7 +233,7 @@ def test_plugin_menu_docks_the_widget(viewer: Any) -> None:
 
 def test_api_adds_the_same_layers_as_the_widget(viewer: Any, ct_layer: Any, ct_crop: Any) -> None:
     from napari_clipmed import api
-    from napari_clipmed._widgets._layers import montage_config
+    from napari_clipmed.ops.ct_montage import montage_config
     from napari_clipmed.ct.pipeline import run_ct_montage
 
     model = api.load_model(viewer, "tiny-random")

@@ -19,6 +19,7 @@ import SimpleITK as sitk
 import tifffile
 
 from napari_clipmed import _reader, _sample_data
+from napari_clipmed.io.slide import SlideWarning
 
 SPACING_XYZ = (0.7, 0.8, 2.5)
 ORIGIN_XYZ = (-10.0, 20.0, 30.0)
@@ -133,7 +134,8 @@ def test_slide_reads_level0_rgb(tmp_path: Path) -> None:
     rgb = rng.integers(0, 255, (96, 128, 3), dtype=np.uint8)
     path = tmp_path / "slide.tif"
     tifffile.imwrite(path, rgb, photometric="rgb", tile=(32, 32))
-    (data, kwargs, kind) = _reader.get_reader(str(path))(str(path))[0]
+    with pytest.warns(SlideWarning, match="does not say its pixel size"):
+        (data, kwargs, kind) = _reader.get_reader(str(path))(str(path))[0]
     assert kind == "image" and kwargs["rgb"] is True
     np.testing.assert_array_equal(data, rgb)
     assert tuple(kwargs["scale"]) == (1.0, 1.0)

@@ -36,7 +36,7 @@ class EncodeWidget(ClipmedWidget):
 
 
 def test_gui_stays_responsive_while_encoding(viewer: Any, qtbot: Any, tiny_model: Any) -> None:
-    from napari_clipmed._widgets._session import ModelChoice
+    from napari_clipmed.session import ModelChoice
 
     tiles = np.random.default_rng(0).integers(0, 256, (1500, 64, 64, 3), dtype=np.uint8)
     widget = EncodeWidget(viewer, tiles)
@@ -50,7 +50,7 @@ def test_gui_stays_responsive_while_encoding(viewer: Any, qtbot: Any, tiny_model
 
 
 def test_gui_stays_responsive_during_a_ct_montage(viewer: Any, qtbot: Any, tiny_model: Any, ct_layer: Any) -> None:
-    from napari_clipmed._widgets._session import ModelChoice
+    from napari_clipmed.session import ModelChoice
     from napari_clipmed._widgets.ct_montage import CTMontageWidget
 
     widget = CTMontageWidget(viewer)

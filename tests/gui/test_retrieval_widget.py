@@ -115,7 +115,7 @@ def test_build_query_export(qtbot, widget: RetrievalWidget, gallery: Path, tmp_p
     widget.csv_file.value = tmp_path / "hits.csv"
     widget.export_button.native.click()
     frame = pd.read_csv(tmp_path / "hits.csv")
-    assert list(frame.columns) == ["query", "rank", "path", "label", "similarity"]
+    assert list(frame.columns) == ["query", "rank", "index", "path", "label", "similarity"]
     np.testing.assert_allclose(frame["similarity"], hits["similarity"], atol=1e-6)
     assert set(frame["query"]) == {"query tile"}
     assert [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")] == []
@@ -188,7 +188,7 @@ def test_bad_inputs_notify_and_add_nothing(qtbot, widget: RetrievalWidget, galle
     empty = tmp_path / "empty"
     empty.mkdir()
     widget.folder.value = empty
-    wait_done(qtbot, widget, widget.build_index())
+    assert widget.build_index() is None  # refused when the request is built, before any worker starts
     assert "holds no images" in widget.last_error and widget.index is None
 
     assert widget.run() is None
@@ -196,7 +196,7 @@ def test_bad_inputs_notify_and_add_nothing(qtbot, widget: RetrievalWidget, galle
     _build(qtbot, widget, gallery)
     widget.k.value = 13
     assert widget.run() is None
-    assert "more than the 12 tiles" in widget.last_error
+    assert "k=13 is larger than the gallery: it has 12 items" in widget.last_error
     widget.query_mode.value = RECTANGLE
     widget.k.value = 2
     assert widget.run() is None
@@ -226,17 +226,17 @@ def test_index_from_a_manifest(qtbot, widget: RetrievalWidget, gallery: Path, tm
         [np.asarray(Image.open(gallery / "carcinoma" / "carcinoma_0.png").convert("RGB"))])[0], atol=1e-5)
     widget.manifest.value = tmp_path / "nothing.txt"
     (tmp_path / "nothing.txt").write_text("x")
-    assert widget.build_index() is None and "CSV manifest" in widget.last_error
+    assert widget.build_index() is None and "csv manifest" in widget.last_error
 
 
 def test_flat_folder_index_and_grid_without_viewer(tiny_model, tmp_path: Path, sources) -> None:
-    from napari_clipmed._widgets._gallery import hits_frame, hits_grid, index_folder
+    from napari_clipmed.ops.retrieval import IndexRequest, build_index, hits_frame, hits_grid
 
     flat = tmp_path / "flat"
     flat.mkdir()
     for i, (r, c) in enumerate(_tile_boxes()[:4]):
         Image.fromarray(sources["skin"][r : r + TILE, c : c + TILE]).save(flat / f"t{i}.png")
-    build = index_folder(tiny_model, flat)
+    build = build_index(IndexRequest(flat), tiny_model)
     assert build.index.labels is None and len(build.index) == 4 and not build.labelled
     hits = build.index.search(build.index.embeddings[2], 3)
     frame = hits_frame(hits, "q")

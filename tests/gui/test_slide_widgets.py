@@ -13,7 +13,7 @@ from gui_support import notification_messages, run_and_probe, wait_done
 from PIL import Image
 from slide_support import MPP, PNG, carcinoma_pyramid, write_pyramid
 
-from napari_clipmed._widgets._session import ModelChoice
+from napari_clipmed.session import ModelChoice
 from napari_clipmed._widgets.zeroshot_labels import (
     RECTANGLES,
     TILES,
@@ -117,7 +117,7 @@ def test_slide_retrieval_from_the_widget(viewer: Any, qtbot: Any, tiny_model: An
 
 def test_api_tissue_layer_edits_are_honoured(viewer: Any, tiny_model: Any, tmp_path: Path) -> None:
     from napari_clipmed import api
-    from napari_clipmed._widgets._session import session_for
+    from napari_clipmed.session import session_for
 
     (layer,) = viewer.open(str(carcinoma_pyramid(tmp_path / "carcinoma.tif")), plugin="napari-clipmed")
     session = session_for(viewer)
@@ -134,14 +134,14 @@ def test_api_tissue_layer_edits_are_honoured(viewer: Any, tiny_model: Any, tmp_p
 def test_corruption_explorer_reads_a_slide_region_at_the_tilers_magnification(
     viewer: Any, qtbot: Any, tmp_path: Path
 ) -> None:
-    from napari_clipmed._widgets._slide import slide_region_source
+    from napari_clipmed.layers import camera_of, slide_region_source
     from napari_clipmed._widgets.corruption_explorer import CorruptionExplorerWidget
     from napari_clipmed.io.slide import open_slide
     from napari_clipmed.pathology.slide_tiler import read_box
 
     path = carcinoma_pyramid(tmp_path / "carcinoma.tif")
     (layer,) = viewer.open(str(path), plugin="napari-clipmed")
-    viewer.camera.center = (1500 * MPP, 1500 * MPP)  # the middle of the slide, in µm
+    camera_of(viewer).center = (1500 * MPP, 1500 * MPP)  # the middle of the slide, in µm
     source = slide_region_source(viewer, layer, target_mpp=0.5, side=256)
     assert source.pixels.shape == (256, 256, 3)  # 512 level-0 px read at 0.5 µm/px
     with open_slide(path) as slide:

@@ -14,7 +14,9 @@ from gui_support import SHARED_DATA, load_tiny, notification_messages, wait_done
 from PIL import Image
 from qtpy.QtCore import Qt
 
-from napari_clipmed._widgets._path_layers import PALETTE, corrupted_layer_data
+from napari_clipmed import layers
+from napari_clipmed.ops import corrupt as corrupt_op
+from napari_clipmed.ops.layerdata import PALETTE
 from napari_clipmed._widgets.zeroshot_labels import (
     CUSTOM,
     RECTANGLES,
@@ -95,8 +97,9 @@ def test_rectangles_on_scaled_image_match_direct_classification(qtbot, widget: Z
     assert shapes.nshapes == 3
 
     # the same rectangles on a corrupted copy (as the corruption explorer makes it): labels follow the pixels
-    data, kwargs = corrupted_layer_data(image, "blur", 4.0, seed=0)
-    widget.image_layer.value = viewer.add_image(data, **kwargs)
+    (blurred_layer,) = layers.add_layers(viewer, corrupt_op.run(corrupt_op.CorruptRequest(
+        layers.rgb_snapshot(image), "blur", 4.0, seed=0)).to_layer_data())
+    widget.image_layer.value = blurred_layer
     wait_done(qtbot, widget, widget.run())
     blurred = corrupt(he, "blur", 4.0)
     expected_blur = classifier.predict_proba(model.encode_images([blurred[r0:r1, c0:c1] for r0, c0, r1, c1 in boxes]))
@@ -168,11 +171,9 @@ def test_rectangle_mapping_without_viewer() -> None:
     from napari.layers import Image as ImageLayer
     from napari.layers import Shapes
 
-    from napari_clipmed._widgets import _path_layers as pl
-
     image = ImageLayer(np.zeros((100, 80, 3), np.uint8), rgb=True, name="img", scale=(0.5, 0.25), translate=(10, 0))
     # a Shapes layer with its own scale: data (r, c) -> world (2 r, 2 c)
     shapes = Shapes([_rect(10, 2, 20, 6), _rect(-5, -5, 100, 100)], shape_type="rectangle", scale=(2, 2))
-    boxes = pl.shapes_to_boxes(shapes, pl.image_source(image))
+    boxes = layers.shapes_to_boxes(shapes, layers.image_snapshot(image))
     # world rows 20..40 -> pixels (20-10)/0.5 .. (40-10)/0.5 = 20..60; world cols 4..12 -> 16..48
     assert boxes.tolist() == [[20, 16, 60, 48], [0, 0, 100, 80]]  # the second is clipped to the image

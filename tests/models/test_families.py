@@ -185,7 +185,7 @@ def test_siglip_zero_shot_uses_the_models_sigmoid(siglip_folder) -> None:
         logits = hf_model(input_ids=tokens["input_ids"], pixel_values=pixels["pixel_values"]).logits_per_image
     np.testing.assert_allclose(result.probabilities, torch.sigmoid(logits).numpy(), atol=1e-4)
     classifier = ZeroShotClassifier.from_prompts(ours, classes, ["{}"])
-    assert classifier.scoring == "sigmoid" and classifier.logit_bias == pytest.approx(float(hf_model.logit_bias))
+    assert classifier.scoring == "sigmoid" and classifier.logit_bias == pytest.approx(float(hf_model.logit_bias.detach()))
 
 
 def test_siglip_prompt_longer_than_64_style_context_is_refused(siglip_folder) -> None:

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 from magicgui.widgets import ComboBox, Container, FileEdit, PushButton
 from qtpy.QtWidgets import QHBoxLayout, QLabel, QProgressBar, QPushButton, QVBoxLayout, QWidget
 
-from napari_clipmed._widgets._session import ModelChoice, ModelSession, availability, session_for
+from napari_clipmed.session import ModelChoice, ModelSession, availability, session_for
 from napari_clipmed.errors import ClipmedError
 from napari_clipmed.progress import Progress
 
@@ -127,6 +127,7 @@ class ClipmedWidget(QWidget):
         self._cancel_requested = False
         self.last_error: str | None = None
         self._layer_combos: list[ComboBox] = []
+        self._disconnected = False
         layout = QVBoxLayout(self)
         self.model_panel: ModelPanel | None = None
         if self.needs_model:
@@ -159,15 +160,22 @@ class ClipmedWidget(QWidget):
         for combo in self._layer_combos:
             combo.reset_choices()
 
+    def closeEvent(self, event: Any) -> None:  # noqa: N802 - Qt's name
+        """Closing the widget disconnects it from the viewer and the session (as destroying it does)."""
+        self._disconnect()
+        super().closeEvent(event)
+
     def _disconnect(self, *_: object) -> None:
+        """Undo every connection this widget made to the viewer, its layers and the session (idempotent)."""
         events = self.viewer.layers.events
         for event in (events.inserted, events.removed, events.reordered):
             try:
                 event.disconnect(self.reset_choices)
             except (RuntimeError, TypeError, ValueError):  # pragma: no cover - already gone
                 pass
-        if self.model_panel is not None:
+        if self.model_panel is not None and not self._disconnected:
             self.model_panel.disconnect_session()
+        self._disconnected = True
 
     # --- running jobs ---------------------------------------------------------------------------
     def _on_run_clicked(self) -> None:

@@ -17,10 +17,12 @@ from magicgui.widgets import CheckBox, ComboBox, FloatSlider, SpinBox
 from qtpy.QtCore import QTimer
 from qtpy.QtWidgets import QLabel
 
-from napari_clipmed._widgets import _path_layers as pl
+from napari_clipmed import layers
 from napari_clipmed._widgets._base import ClipmedWidget
-from napari_clipmed._widgets._slide import is_slide_layer, slide_region_source
 from napari_clipmed.errors import ClipmedError, InputError
+from napari_clipmed.ops.corrupt import CorruptRequest, CorruptResult, corruption_tag, iter_run, run
+from napari_clipmed.ops.geometry import SourceImage
+from napari_clipmed.pathology.params import MAX_SEVERITY
 
 if TYPE_CHECKING:
     import napari
@@ -67,6 +69,12 @@ class CorruptionExplorerWidget(ClipmedWidget):
 
         return isinstance(layer, Image) and layer is not self.preview_layer and "corruption" not in layer.metadata
 
+    def _snapshot(self, layer: Any) -> SourceImage:
+        """The layer's RGB pixels; for a whole slide, the region in view at the tiler's magnification."""
+        if layer is not None and layers.is_slide_layer(layer):
+            return layers.slide_region_source(self.viewer, layer)
+        return layers.rgb_snapshot(layer)
+
     def _describe(self) -> None:
         from napari_clipmed.pathology.params import get_corruption
 
@@ -95,8 +103,8 @@ class CorruptionExplorerWidget(ClipmedWidget):
             return None
         kind, severity, seed = self.kind.value, self.severity_value, int(self.seed.value)
         try:
-            layer = self.source_layer.value
-            source = slide_region_source(self.viewer, layer) if is_slide_layer(layer) else pl.rgb_source(layer)
+            source = self._snapshot(self.source_layer.value)
+            settings = CorruptRequest(source, kind, severity, seed)
         except ClipmedError as err:
             self.fail(str(err))
             return None
@@ -104,7 +112,8 @@ class CorruptionExplorerWidget(ClipmedWidget):
         request = self.preview_requests
 
         def compute() -> tuple:  # runs in the worker thread
-            return pl.corrupt_source(source, kind, severity, seed), pl.corrupted_kwargs(source, kind, severity, seed)
+            result = run(settings)
+            return result.pixels, result.kwargs
 
         worker = create_worker(compute, _start_thread=False, _ignore_errors=True)
         self._workers.add(worker)
@@ -112,7 +121,7 @@ class CorruptionExplorerWidget(ClipmedWidget):
         worker.returned.connect(lambda result: self._show_preview(request, result, source))
         worker.errored.connect(lambda err: self._preview_failed(request, err))
         worker.finished.connect(lambda: self._preview_done(worker))
-        self.controls.status.setText(f"preview: {pl.corruption_tag(kind, severity)} ...")
+        self.controls.status.setText(f"preview: {corruption_tag(kind, severity)} ...")
         worker.start()
         return worker
 
@@ -122,7 +131,7 @@ class CorruptionExplorerWidget(ClipmedWidget):
             self._pending = False
             self.request_preview()
 
-    def _show_preview(self, request: int, result: tuple, source: pl.SourceImage) -> None:
+    def _show_preview(self, request: int, result: tuple, source: SourceImage) -> None:
         if request != self.preview_requests or self._pending:
             return  # newer settings are waiting: this result is outdated
         data, kwargs = result
@@ -150,19 +159,16 @@ class CorruptionExplorerWidget(ClipmedWidget):
             layer = self.source_layer.value
             if layer is None:
                 raise InputError("add an RGB image layer to corrupt")
-            source = slide_region_source(self.viewer, layer) if is_slide_layer(layer) else pl.rgb_source(layer)
+            request = CorruptRequest(self._snapshot(layer), self.kind.value, seed=int(self.seed.value),
+                                     severities=tuple(float(s) for s in range(MAX_SEVERITY + 1)))
         except ClipmedError as err:
             self.fail(str(err))
             return None
-        kind, seed = self.kind.value, int(self.seed.value)
 
-        def show(result: tuple) -> None:
-            strip, kwargs = result
-            self.viewer.add_image(strip, **kwargs)
+        def show(result: CorruptResult) -> None:
+            layers.add_layers(self.viewer, result.to_layer_data())
 
-        return self.run_job(
-            lambda: pl.iter_severity_strip(source, kind, seed), show, description=f"{kind} at every severity ..."
-        )
+        return self.run_job(lambda: iter_run(request), show, description=f"{request.kind} at every severity ...")
 
     def _disconnect(self, *_: object) -> None:
         try:

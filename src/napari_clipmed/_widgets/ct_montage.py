@@ -15,16 +15,17 @@ from typing import TYPE_CHECKING, Any
 from magicgui.widgets import ComboBox, FloatSpinBox, LineEdit, SpinBox
 from qtpy.QtWidgets import QAbstractItemView, QPlainTextEdit, QTableWidget, QTableWidgetItem, QTabWidget
 
-from napari_clipmed._widgets import _layers
+from napari_clipmed import layers
 from napari_clipmed._widgets._base import ClipmedWidget, notify_info
 from napari_clipmed.ct.io import CTWarning
 from napari_clipmed.errors import ClipmedError, InputError
+from napari_clipmed.ops import ct_montage as op
 from napari_clipmed.zeroshot import format_classes, parse_classes
 
 if TYPE_CHECKING:
     import napari
 
-    from napari_clipmed.ct.pipeline import CTMontageResult
+    from napari_clipmed.ct.pipeline import CTMontageConfig
 
 PATCH_COLUMNS: tuple[tuple[str, str], ...] = (
     ("rank", "#"), ("prompt", "top finding"), ("score", "score"), ("slice", "slice"),
@@ -54,7 +55,7 @@ class CTMontageWidget(ClipmedWidget):
         from napari_clipmed.ct.ild import ILD_PATCH_PROMPTS, NORMAL_CLASSES
 
         super().__init__(viewer)
-        self.result: CTMontageResult | None = None
+        self.result: op.CTMontageOutput | None = None
         self.boxes_layer: Any = None
         self.montage_layer: Any = None
         self._source: Any = None
@@ -72,14 +73,14 @@ class CTMontageWidget(ClipmedWidget):
                                          tooltip="no two chosen patch centres closer than this (3-D)")
         self.normal = LineEdit(label="normal finding", value=", ".join(NORMAL_CLASSES), tooltip=(
             "patch prompt(s) that mean normal lung (comma-separated); a patch's score is 1 - P(normal)"))
-        self.class_set = ComboBox(label="classes", choices=[*_layers.CLASS_SET_NAMES, "custom"],
+        self.class_set = ComboBox(label="classes", choices=[*op.CLASS_SET_NAMES, "custom"],
                                   value="ILD vs no ILD")
         self.form.extend([self.image, self.mask, self.patch_size, self.stride, self.k, self.min_distance,
                           self.normal, self.class_set])
 
         self.patch_prompts = QPlainTextEdit(format_classes(dict(ILD_PATCH_PROMPTS)))
         self.patch_prompts.setToolTip("one finding per line: 'name' or 'name: phrasing 1; phrasing 2'")
-        self.class_prompts = QPlainTextEdit(format_classes(_layers.class_prompts_for("ILD vs no ILD")))
+        self.class_prompts = QPlainTextEdit(format_classes(op.ct_prompts("ILD vs no ILD")))
         self.class_prompts.setToolTip("montage classes, one per line: 'name: phrasing 1; phrasing 2'")
         self.prompt_tabs = QTabWidget()
         self.prompt_tabs.addTab(self.patch_prompts, "ILD patch prompts")
@@ -110,7 +111,7 @@ class CTMontageWidget(ClipmedWidget):
     def _on_class_set(self, name: str) -> None:
         if name != "custom":
             self.class_prompts.blockSignals(True)
-            self.class_prompts.setPlainText(format_classes(_layers.class_prompts_for(name)))
+            self.class_prompts.setPlainText(format_classes(op.ct_prompts(name)))
             self.class_prompts.blockSignals(False)
 
     def _on_class_text_edited(self) -> None:
@@ -118,24 +119,21 @@ class CTMontageWidget(ClipmedWidget):
             with self.class_set.changed.blocked():
                 self.class_set.value = "custom"
 
-    def config(self) -> Any:
+    def config(self) -> CTMontageConfig:
         """The run's `CTMontageConfig` from the fields (InputError says which one is wrong)."""
-        normals = tuple(n.strip() for n in self.normal.value.split(",") if n.strip())
-        return _layers.montage_config(
+        return op.montage_config(
             patch_size_mm=self.patch_size.value,
             stride_mm=self.stride.value,
             k=self.k.value,
             min_distance_mm=self.min_distance.value,
             patch_prompts=parse_classes(self.patch_prompts.toPlainText()),
-            normal_classes=normals,
+            normal_classes=self.normal.value,
             class_prompts=parse_classes(self.class_prompts.toPlainText()),
         )
 
     # --- run ---------------------------------------------------------------------------------------
     def run(self) -> object | None:
         """Check the inputs and start the montage in a worker (None and a notification when refused)."""
-        from napari_clipmed.ct.pipeline import iter_run_ct_montage
-
         layer = self.image.value
         try:
             if layer is None:
@@ -144,48 +142,49 @@ class CTMontageWidget(ClipmedWidget):
             model = self.session.require()
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", CTWarning)  # shown below as a notification instead
-                volume = _layers.volume_from_layer(layer)
-            mask = self._mask_for(volume.shape)
+                volume = layers.volume_snapshot(layer)
+            mask = None if self.mask.value is None else layers.mask_snapshot(self.mask.value, volume.shape)
+            request = op.CTMontageRequest(volume, config, mask)
         except ClipmedError as err:
             self.fail(str(err))
             return None
         for note in volume.notes:
             notify_info(f"{layer.name}: {note}")
-
-        geometry = _layers.VolumeGeometry.of(layer)
+        geometry = layers.volume_geometry(layer)
 
         def job() -> Any:
-            result = yield from iter_run_ct_montage(volume, model, config, mask)
-            return result, _layers.montage_layers(result, geometry)  # built off the GUI thread
+            result = yield from op.iter_run(request, model)
+            return result, layers.build_layers(result.to_layer_data(geometry))  # built off the GUI thread
 
-        def show(out: tuple[CTMontageResult, tuple[Any, Any]]) -> None:
-            self.show_result(out[0], layer, out[1])
+        def show(out: tuple[op.CTMontageOutput, list[Any]]) -> None:
+            self.show_result(out[0], geometry, out[1])
 
         return self.run_job(job, show, description=f"scoring lung patches of {layer.name} ...")
 
-    def _mask_for(self, shape: tuple[int, ...]) -> Any:
-        import numpy as np
-
-        labels = self.mask.value
-        if labels is None:
-            return None
-        data = np.asarray(labels.data)
-        if data.shape != tuple(shape):
-            raise InputError(f"lung mask '{labels.name}' has shape {data.shape}, the CT volume {tuple(shape)}")
-        return data != 0
-
     # --- results -----------------------------------------------------------------------------------
-    def show_result(self, result: CTMontageResult, source: Any, layers: tuple[Any, Any] | None = None) -> None:
-        """Add the layers (built in the worker when given) and fill the tables (GUI thread)."""
-        self.result, self._source = result, _layers.VolumeGeometry.of(source)
-        self.boxes_layer, self.montage_layer = _layers.add_montage_layers(self.viewer, result, source, layers)
+    def show_result(self, result: op.CTMontageOutput, geometry: Any, built: list[Any] | None = None) -> None:
+        """Add the montage and patch boxes layers (built in the worker when given) and fill the tables (GUI thread)."""
+        self._release_montage()
+        self.result, self._source = result, geometry
+        self.montage_layer, self.boxes_layer = layers.add_layers(
+            self.viewer, built if built is not None else result.to_layer_data(geometry))
         self.montage_layer.mouse_drag_callbacks.append(self._on_montage_click)
         self._table_frame = self.boxes_layer.features
         self._fill_tables(result)
         self.viewer.layers.selection.active = self.montage_layer  # so a click on a cell reaches it
 
-    def _fill_tables(self, result: CTMontageResult) -> None:
-        probs = _layers.probability_table(result)
+    def _release_montage(self) -> None:
+        """Take the montage-click callback off the montage layer (a new result, or the widget closing)."""
+        layer = self.montage_layer
+        if layer is not None and self._on_montage_click in layer.mouse_drag_callbacks:
+            layer.mouse_drag_callbacks.remove(self._on_montage_click)
+
+    def _disconnect(self, *_: object) -> None:
+        super()._disconnect()
+        self._release_montage()
+
+    def _fill_tables(self, result: op.CTMontageOutput) -> None:
+        probs = result.probability_table()
         self.prob_table.setRowCount(len(probs))
         for i, (name, p) in enumerate(probs):
             self.prob_table.setItem(i, 0, QTableWidgetItem(name))
@@ -207,7 +206,7 @@ class CTMontageWidget(ClipmedWidget):
         """Show patch `rank` (0 = best): its slice, centred, selected in the boxes layer and the table."""
         if self._table_frame is None or not 0 <= rank < len(self._table_frame):
             return
-        _layers.go_to_patch(self.viewer, self._table_frame, rank, self._source)
+        layers.go_to_patch(self.viewer, self._table_frame, rank, self._source)
         if self.boxes_layer is not None and self.boxes_layer in self.viewer.layers:
             self.boxes_layer.selected_data = {rank}
         if self.patch_table.currentRow() != rank:

@@ -10,27 +10,20 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
 from magicgui.widgets import FileEdit, PushButton, RadioButtons, SpinBox
 from qtpy.QtWidgets import QLabel, QTableWidget, QTableWidgetItem
 
-from napari_clipmed._widgets import _path_layers as pl
+from napari_clipmed import layers
 from napari_clipmed._widgets._base import ClipmedWidget, notify_info
-from napari_clipmed._widgets._gallery import (
-    HIT_COLUMNS,
-    GalleryBuild,
-    hits_frame,
-    hits_grid,
-    is_gallery_source,
-    iter_index_folder,
-    placed_hit_layers,
-    query_region,
-    read_tiles,
-)
-from napari_clipmed._widgets._slide import add_layer_data, drawn_region, is_slide_layer, slide_geometry
 from napari_clipmed.errors import ClipmedError, InputError
-from napari_clipmed.io.atomic import write_frame
-from napari_clipmed.progress import Progress
+from napari_clipmed.ops.retrieval import (
+    GalleryBuild,
+    IndexRequest,
+    QueryRequest,
+    RetrievalResult,
+    iter_build_index,
+    iter_query,
+)
 
 if TYPE_CHECKING:
     import napari
@@ -68,6 +61,7 @@ class RetrievalWidget(ClipmedWidget):
         super().__init__(viewer)
         self.index: EmbeddingIndex | None = None
         self.hits: pd.DataFrame | None = None
+        self.result: RetrievalResult | None = None
         self.unreadable: list[tuple[str, str]] = []  # (path, reason) of files the last build skipped
         self.folder = FileEdit(
             label="tile folder", mode="d", tooltip="ImageFolder (one sub-folder per label) or a flat folder of tiles"
@@ -89,8 +83,8 @@ class RetrievalWidget(ClipmedWidget):
         self.csv_file = FileEdit(label="export to", mode="w", filter="*.csv")
         self.export_button = PushButton(text="Export CSV")
         self.form.extend(
-            [self.folder, self.manifest, self.build_button, self.slides_button, self.index_file, self.load_button, self.save_file, self.save_button,
-             self.query_mode, self.image_layer, self.shapes_layer, self.k]
+            [self.folder, self.manifest, self.build_button, self.slides_button, self.index_file, self.load_button,
+             self.save_file, self.save_button, self.query_mode, self.image_layer, self.shapes_layer, self.k]
         )
         self.index_status = QLabel("no index: build one from a folder or manifest, or load a saved one")
         self.index_status.setWordWrap(True)
@@ -121,10 +115,11 @@ class RetrievalWidget(ClipmedWidget):
         try:
             model = self.session.require()
             source = _path_value(self.manifest) or _path_value(self.folder)
-            if source is None or not is_gallery_source(source):
+            if source is None:
                 raise InputError(
                     "choose the tiles to index: a folder (ImageFolder or flat) or a CSV manifest (path,label)"
                 )
+            request = IndexRequest(source)
         except ClipmedError as err:
             self.fail(str(err))
             return None
@@ -137,7 +132,7 @@ class RetrievalWidget(ClipmedWidget):
                 notify_info(f"skipped {len(build.failed)} unreadable file(s), e.g. {build.failed[0][0]}")
 
         return self.run_job(
-            lambda: iter_index_folder(model, source, cache=EmbeddingCache()), done, description=f"indexing {source} ..."
+            lambda: iter_build_index(request, model, EmbeddingCache()), done, description=f"indexing {source} ..."
         )
 
     def index_slides(self, *_: object) -> object | None:
@@ -146,10 +141,10 @@ class RetrievalWidget(ClipmedWidget):
 
         try:
             model = self.session.require()
-            layers = [layer for layer in self.viewer.layers if is_slide_layer(layer)]
-            if not layers:
+            slides = [layer for layer in self.viewer.layers if layers.is_slide_layer(layer)]
+            if not slides:
                 raise InputError("open a slide (SVS, TIFF, NDPI, ...) with napari-clipmed to index it")
-            request = SlideIndexRequest(tuple(layer.metadata["path"] for layer in layers))
+            request = SlideIndexRequest(tuple(layer.metadata["path"] for layer in slides))
         except ClipmedError as err:
             self.fail(str(err))
             return None
@@ -162,25 +157,25 @@ class RetrievalWidget(ClipmedWidget):
                 f"{request.tiling.target_mpp:.2f} µm/px; query with a rectangle drawn on a slide"
             )
 
-        return self.run_job(lambda: iter_run(request, model), done, description=f"indexing {len(layers)} slide(s) ...")
+        return self.run_job(lambda: iter_run(request, model), done, description=f"indexing {len(slides)} slide(s) ...")
 
     def _run_slide(self, layer: Any, model: Any, k: int) -> object | None:
         """Query the slide index with the last rectangle drawn on a slide layer (at any zoom)."""
-        if not is_slide_layer(layer):
+        if layer is None or not layers.is_slide_layer(layer):
             raise InputError("the slide index is queried with a rectangle drawn on a slide layer: pick that slide")
-        box = drawn_region(self.shapes_layer.value, layer)
+        box = layers.drawn_region(self.shapes_layer.value, layer)
         index, path = self.slide_index, layer.metadata["path"]
-        geometries = {lyr.metadata["path"]: slide_geometry(lyr) for lyr in self.viewer.layers if is_slide_layer(lyr)}
+        geometries = {lyr.metadata["path"]: layers.slide_geometry(lyr) for lyr in self.viewer.layers if layers.is_slide_layer(lyr)}
 
         def show(hits: Any) -> None:
-            layers = hits.to_layer_data(geometries)
+            layer_data = hits.to_layer_data(geometries)
             geometry = geometries[path]
             right = geometry.to_world((0.0, layer.metadata["level_shapes"][0][1] * 1.05))
             step = index.tiling.target_mpp  # hit tiles shown at their own magnification, in µm
-            for data, kwargs, kind in layers:
+            for _, kwargs, _ in layer_data:
                 if kwargs["name"].startswith("slide hits"):  # the grid and its cell frames: beside the slide
                     kwargs |= {"scale": (step, step), "translate": (float(geometry.translate[0]), float(right[1]))}
-            add_layer_data(self.viewer, layers)
+            layers.add_layers(self.viewer, layer_data)
             frame = hits.to_frame()
             self.hits = frame.assign(query=layer.name, path=frame["slide"] + "#" + frame["tile"].astype(str), label="")
             self._fill_table(self.hits)
@@ -214,59 +209,52 @@ class RetrievalWidget(ClipmedWidget):
         return saved
 
     # --- query ------------------------------------------------------------------------------------
-    def _query(self) -> tuple[np.ndarray, str, pl.SourceImage]:
+    def request(self) -> QueryRequest:
+        """The search request from the fields (InputError says which one is wrong)."""
+        if self.index is None:
+            raise InputError("build or load an index before searching")
         layer = self.image_layer.value
         if layer is None:
             raise InputError("add an image layer to query with")
-        source = pl.image_source(layer)
-        if self.query_mode.value == WHOLE:
-            return (*query_region(source), source)
-        shapes = self.shapes_layer.value
-        if shapes is None:
-            raise InputError("add a Shapes layer and draw a rectangle to query with")
-        return (*query_region(source, shapes), source)
+        source = layers.image_snapshot(layer)
+        shapes = None
+        if self.query_mode.value != WHOLE:
+            shapes = self.shapes_layer.value
+            if shapes is None:
+                raise InputError("add a Shapes layer and draw a rectangle to query with")
+        return QueryRequest(self.index, (layers.query_region(source, shapes),), int(self.k.value))
 
     def run(self) -> object | None:
         """Embed the query, search the index and show the hits (in a worker)."""
         try:
             model = self.session.require()
+            layer = self.image_layer.value
             if self.index is None and self.slide_index is None:
                 raise InputError("build or load an index (or index the slide layers) before searching")
-            index, k, model_id = self.index, int(self.k.value), model.identity
-            if index is None or (is_slide_layer(self.image_layer.value) and self.slide_index is not None):
-                return self._run_slide(self.image_layer.value, model, k)
-            if index.model_id is not None and index.model_id != model_id:
-                raise InputError(
-                    f"the index was built with model '{index.model_id}' but the loaded model is '{model_id}': "
-                    "load that model or rebuild the index with this one"
-                )
-            if k > len(index):
-                raise InputError(f"top k = {k} is more than the {len(index)} tiles in the index; lower k")
-            if is_slide_layer(self.image_layer.value):  # never copy a whole slide into memory as a query
+            if self.slide_index is not None and (self.index is None or layers.is_slide_layer(layer)):
+                return self._run_slide(layer, model, int(self.k.value))
+            if layer is not None and layers.is_slide_layer(layer):  # never copy a whole slide into memory
                 raise InputError("to query with a region of a slide, index the slide layers first ('Index slide layers')")
-            pixels, query_name, source = self._query()
+            request = self.request()
+            request.index.check_model(model.identity, "the queries")
         except ClipmedError as err:
             self.fail(str(err))
             return None
+        query = request.queries[0]
+        geometry = query.geometry
 
-        def job():  # runs in the worker thread
-            embedding = yield from model.iter_encode_images([pixels])
-            hits = yield from index.iter_search(embedding, k, model_id=model_id)
-            frame = hits_frame(hits, query_name)
-            tiles = read_tiles(frame["path"].tolist())
-            yield Progress(1, 1, "building the hit grid")
-            grid, kwargs = hits_grid(tiles, frame)
-            return frame, grid, kwargs
+        def job() -> Any:  # runs in the worker thread
+            result = yield from iter_query(request, model)
+            return result, layers.build_layers(result.to_layer_data(geometry))  # tiles read off the GUI thread
 
-        def show(result: tuple) -> None:
-            frame, grid, kwargs = result
-            (grid, kwargs), (labels, label_kwargs) = placed_hit_layers(grid, kwargs, source)
-            self.viewer.add_image(grid, **kwargs)
-            self.viewer.add_shapes(labels, **label_kwargs)
-            self.hits = kwargs["metadata"]["hits"]
-            self._fill_table(frame)
+        def show(out: tuple[RetrievalResult, list[Any]]) -> None:
+            result, built = out
+            layers.add_layers(self.viewer, built)
+            self.result = result
+            self.hits = built[0].metadata["hits"]  # the hits table with each grid cell's pixel box
+            self._fill_table(self.hits)
 
-        return self.run_job(job, show, description=f"searching the top {k} tiles for {query_name} ...")
+        return self.run_job(job, show, description=f"searching the top {request.k} tiles for {query.name} ...")
 
     def _fill_table(self, frame: pd.DataFrame) -> None:
         self.table.setRowCount(len(frame))
@@ -276,17 +264,14 @@ class RetrievalWidget(ClipmedWidget):
         self.table.resizeColumnsToContents()
 
     def export_csv(self, *_: object) -> Path | None:
-        """Write the hits (query, rank, path, label, similarity) to the chosen CSV file, atomically."""
+        """Write the hits table to the chosen CSV file, atomically."""
         path = _path_value(self.csv_file)
         try:
-            if self.hits is None:
+            if self.result is None:
                 raise InputError("there are no hits to export: run a search first")
             if path is None:
                 raise InputError("choose a CSV file to export the hits to")
-            path = Path(path) if Path(path).suffix.lower() == ".csv" else Path(f"{path}.csv")
-            if not path.parent.is_dir():
-                raise InputError(f"cannot write {path}: the folder {path.parent} does not exist")
-            written = write_frame(path, self.hits[list(HIT_COLUMNS)])
+            written = self.result.save_csv(path)
         except (ClipmedError, OSError) as err:
             self.fail(str(err))
             return None

@@ -11,21 +11,19 @@ from __future__ import annotations
 import html
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
 from magicgui.widgets import CheckBox, ComboBox, FloatSpinBox, RadioButtons, SpinBox, TextEdit
 from qtpy.QtWidgets import QLabel
 
-from napari_clipmed._widgets import _path_layers as pl
+from napari_clipmed import layers
 from napari_clipmed._widgets._base import ClipmedWidget, notify_info
-from napari_clipmed._widgets._slide import add_layer_data, drawn_region, is_slide_layer, slide_geometry, slide_mpp
 from napari_clipmed.errors import ClipmedError, InputError
-from napari_clipmed.progress import Progress
+from napari_clipmed.ops.layerdata import class_colors
+from napari_clipmed.ops.zeroshot import RECTANGLES, TILES, ZeroShotLabels, ZeroShotRequest, iter_run
 from napari_clipmed.zeroshot import PromptSet, format_classes, list_presets, parse_classes
 
 if TYPE_CHECKING:
     import napari
 
-TILES, RECTANGLES = "tiles", "rectangles"
 CUSTOM = "custom"
 
 
@@ -39,18 +37,6 @@ def _is_shapes(layer: Any) -> bool:
     from napari.layers import Shapes
 
     return isinstance(layer, Shapes)
-
-
-def image_tiles(pixels: np.ndarray, tile: int, stride: int, tissue_only: bool, min_tissue: float = 0.5) -> np.ndarray:
-    """Pixel boxes (row0, col0, row1, col1) of the full tiles of `pixels` on a `stride` grid; with
-    `tissue_only`, only tiles at least `min_tissue` inside the tissue mask."""
-    from napari_clipmed.pathology.tiles import tile_image
-
-    rgb = pl.display_uint8(pixels)
-    mask = None if tissue_only else np.ones(rgb.shape[:2], dtype=bool)
-    tiles = tile_image(rgb, tile, stride, min_tissue=min_tissue if tissue_only else 0.0, mask=mask)
-    corners = tiles.coords.reshape(-1, 2)
-    return np.concatenate([corners, corners + tile], axis=1).astype(np.int64)
 
 
 class ZeroShotLabelsWidget(ClipmedWidget):
@@ -74,7 +60,7 @@ class ZeroShotLabelsWidget(ClipmedWidget):
         self.stride = SpinBox(label="stride (px)", value=224, min=8, max=8192)
         self.tissue_only = CheckBox(label="tissue tiles only", value=True)
         self.shapes_layer = self.layer_combo("rectangles", _is_shapes)
-        # whole slides: tiles are read from the file at this magnification (see _widgets/_slide.py)
+        # whole slides: tiles are read from the file at this magnification (see layers.is_slide_layer)
         self.target_mpp = FloatSpinBox(label="slide tiles (µm/px)", value=0.5, min=0.05, max=50.0, step=0.05)
         self.slide_mpp = FloatSpinBox(label="slide µm/px (0: file)", value=0.0, min=0.0, max=50.0, step=0.01,
                                       tooltip="the slide's own pixel size, when its file does not say")
@@ -125,7 +111,7 @@ class ZeroShotLabelsWidget(ClipmedWidget):
             names = list(parse_classes(self.classes.value))
         except InputError:
             names = []
-        colours = pl.class_colors(names)
+        colours = class_colors(names)
         self.legend.setText(
             " ".join(
                 f'<span style="background-color:{c}">&nbsp;&nbsp;&nbsp;&nbsp;</span>&nbsp;{html.escape(n)}&nbsp;&nbsp;'
@@ -134,89 +120,59 @@ class ZeroShotLabelsWidget(ClipmedWidget):
         )
 
     # --- running ----------------------------------------------------------------------------------
+    def request(self) -> ZeroShotRequest:
+        """The run's request from the fields (InputError says which one is wrong)."""
+        layer = self.image_layer.value
+        if layer is None:
+            raise InputError("add a 2-D image layer (RGB or grey) to label")
+        prompts = PromptSet.parse(self.classes.value, self.templates.value, name=self.preset.value)
+        source = layers.image_snapshot(layer)
+        boxes = None
+        if self.mode.value == RECTANGLES:
+            shapes = self.shapes_layer.value
+            if shapes is None:
+                raise InputError("add a Shapes layer and draw rectangles on the image, or run on tiles")
+            boxes = layers.shapes_to_boxes(shapes, source)
+        return ZeroShotRequest(source, prompts, boxes, tile_size=int(self.tile_size.value),
+                               stride=int(self.stride.value), tissue_only=bool(self.tissue_only.value))
+
     def run(self) -> object | None:
         """Classify tiles (or the drawn rectangles) of the chosen image in a worker; add one Shapes layer."""
-        from napari_clipmed.zeroshot import ZeroShotClassifier, iter_classify_images
-
         try:
             model = self.session.require()
             layer = self.image_layer.value
-            if layer is None:
-                raise InputError("add a 2-D image layer (RGB or grey) to label")
-            prompts = PromptSet.parse(self.classes.value, self.templates.value, name=self.preset.value)
-            if is_slide_layer(layer):
+            if layer is not None and layers.is_slide_layer(layer):
+                prompts = PromptSet.parse(self.classes.value, self.templates.value, name=self.preset.value)
                 return self._run_slide(layer, model, prompts)
-            source = pl.image_source(layer)
-            mode = self.mode.value
-            boxes: np.ndarray | None = None
-            if mode == RECTANGLES:
-                shapes = self.shapes_layer.value
-                if shapes is None:
-                    raise InputError("add a Shapes layer and draw rectangles on the image, or run on tiles")
-                boxes = pl.shapes_to_boxes(shapes, source)
-            tile, stride, tissue_only = int(self.tile_size.value), int(self.stride.value), bool(self.tissue_only.value)
+            request = self.request()
         except ClipmedError as err:
             self.fail(str(err))
             return None
 
-        def job():  # runs in the worker thread
-            yield Progress(0, 1, "embedding the class prompts")
-            classifier = ZeroShotClassifier.from_prompts(model, prompts)
-            found = boxes
-            if found is None:
-                yield Progress(0, 1, "finding tissue tiles")
-                found = image_tiles(source.pixels, tile, stride, tissue_only)
-                if len(found) == 0:
-                    where = "with tissue " if tissue_only else ""
-                    raise InputError(
-                        f"no {tile} x {tile} tile {where}fits in '{source.name}' "
-                        f"({source.full_shape[0]} x {source.full_shape[1]} px); lower the tile size"
-                        + (" or untick 'tissue tiles only'" if tissue_only else "")
-                    )
-            crops = pl.crop_boxes(source.pixels, found)
-            result = yield from iter_classify_images(model, crops, classifier)
-            return found, result
-
-        def show(outcome: tuple) -> None:
-            found, result = outcome
-            what = f"{mode} {tile}px" if mode == TILES else mode
-            data, kwargs = pl.zeroshot_shapes(
-                found,
-                result.classes,
-                result.probabilities,
-                source.geometry,
-                name=f"{source.name} labels [{what}]",
-                metadata={
-                    "source": source.name,
-                    "mode": mode,
-                    "prompts": {"classes": {k: list(v) for k, v in prompts.classes.items()},
-                                "templates": list(prompts.templates), "preset": prompts.name},
-                    "model": getattr(model.spec, "name", ""),
-                    "tile_size": tile if mode == TILES else None,
-                    "stride": stride if mode == TILES else None,
-                },
-            )
-            self.viewer.add_shapes(data, **kwargs)
+        def show(result: ZeroShotLabels) -> None:
+            layers.add_layers(self.viewer, result.to_layer_data(request.source.geometry))
             self._update_legend()
 
-        return self.run_job(job, show, description=f"labelling '{source.name}' ({mode}) ...")
+        return self.run_job(lambda: iter_run(request, model), show,
+                            description=f"labelling '{request.source.name}' ({request.mode}) ...")
 
     def _run_slide(self, layer: Any, model: Any, prompts: PromptSet) -> object | None:
         """A whole slide: tissue tiles at the target magnification, streamed from the file (ops.slide_zeroshot)."""
         from napari_clipmed.ops.slide_common import SlideTiling
-        from napari_clipmed.ops.slide_zeroshot import SlideZeroShotRequest, iter_run
+        from napari_clipmed.ops.slide_zeroshot import SlideZeroShotRequest
+        from napari_clipmed.ops.slide_zeroshot import iter_run as iter_slide
 
-        region = drawn_region(self.shapes_layer.value, layer) if self.mode.value == RECTANGLES else None
+        region = layers.drawn_region(self.shapes_layer.value, layer) if self.mode.value == RECTANGLES else None
         tiling = SlideTiling(
             float(self.target_mpp.value), int(self.tile_size.value), 0.5 if self.tissue_only.value else 0.0,
-            slide_mpp(layer, self.slide_mpp.value), region,
+            layers.slide_mpp(layer, self.slide_mpp.value), region,
         )
         request = SlideZeroShotRequest(layer.metadata["path"], prompts, tiling)
-        geometry = slide_geometry(layer)
+        geometry = layers.slide_geometry(layer)
 
         def show(result: Any) -> None:
-            add_layer_data(self.viewer, result.to_layer_data(geometry))
+            layers.add_layers(self.viewer, result.to_layer_data(geometry))
             notify_info(f"'{layer.name}': {result.grid.describe()}; slide class (top-{result.top_j} mean): "
                         f"{result.slide_scores()['predicted']}")
 
-        return self.run_job(lambda: iter_run(request, model), show, description=f"slide '{layer.name}': finding tissue ...")
+        return self.run_job(lambda: iter_slide(request, model), show, description=f"slide '{layer.name}': finding tissue ...")

@@ -39,7 +39,7 @@ from napari_clipmed.bench.tasks import (
 from napari_clipmed.datasets import TileSet
 from napari_clipmed.errors import InputError
 from napari_clipmed.metrics import retrieval_metrics
-from napari_clipmed.progress import Progress, ProgressCallback, ProgressGenerator, run_generator
+from napari_clipmed.progress import Progress, ProgressCallback, ProgressGenerator, forward, run_generator
 from napari_clipmed.retrieval import EmbeddingIndex
 
 if TYPE_CHECKING:
@@ -262,16 +262,6 @@ def _condition_rows(cond: Condition, values: dict[str, float], n: int) -> list[d
             for m, v in values.items()]
 
 
-def _relay(gen: ProgressGenerator, done: int, total: int, prefix: str) -> ProgressGenerator:
-    """Re-yield a sub-step's progress as cancel points inside one grid step."""
-    while True:
-        try:
-            step = next(gen)
-        except StopIteration as stop:
-            return stop.value
-        yield Progress(done, total, f"{prefix}: {step.message}")
-
-
 def iter_run_robustness(tileset: TileSet, config: RobustnessConfig) -> ProgressGenerator[RobustnessResult]:
     """Run the grid (see module docstring); yields `Progress` per condition and returns the result."""
     from napari_clipmed.models.cache import EmbeddingCache
@@ -288,7 +278,7 @@ def iter_run_robustness(tileset: TileSet, config: RobustnessConfig) -> ProgressG
     models = cfg.load_models()
     identities = {name: m.identity for name, m in models.items()}
 
-    loaded: LoadedTiles = yield from _relay(iter_load_tiles(tileset), 0, total, "reading tiles")
+    loaded: LoadedTiles = yield from forward(iter_load_tiles(tileset), 0, total, span=0, prefix="reading tiles: ")
     tiles = loaded.tileset
     tiles.require_classes(2, "the robustness benchmark once unreadable images are skipped")
     if cfg.ks[-1] > len(tiles) - 1:
@@ -351,8 +341,8 @@ def iter_run_robustness(tileset: TileSet, config: RobustnessConfig) -> ProgressG
     states: dict[str, _ModelState] = {}
     for name, model in models.items():
         msg = f"{name}: clean tiles"
-        emb = yield from _relay(model.iter_encode_images(loaded.images, batch_size=cfg.batch_size, cache=cache),
-                                done, total, msg)
+        emb = yield from forward(model.iter_encode_images(loaded.images, batch_size=cfg.batch_size, cache=cache),
+                                 done, total, span=0, prefix=f"{msg}: ")
         state = _ModelState(model, identities[name], ZeroShotClassifier.from_prompts(model, prompts),
                             EmbeddingIndex(emb, labels=tiles.labels, model_id=identities[name]))
         states[name] = state
@@ -376,8 +366,8 @@ def iter_run_robustness(tileset: TileSet, config: RobustnessConfig) -> ProgressG
             for name in todo:
                 cond = (name, corruption, severity)
                 msg = f"{name}: {corruption} severity {severity}"
-                emb = yield from _relay(models[name].iter_encode_images(images, batch_size=cfg.batch_size),
-                                        done, total, msg)
+                emb = yield from forward(models[name].iter_encode_images(images, batch_size=cfg.batch_size),
+                                         done, total, span=0, prefix=f"{msg}: ")
                 _append(out / PARTIAL, _condition_rows(cond, evaluate(states[name], emb), len(tiles)))
                 computed.append(cond)
                 done += 1

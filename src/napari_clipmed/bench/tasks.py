@@ -1,6 +1,6 @@
-"""Single runs on a tile set: zero-shot classification with metrics, and embedding a gallery for retrieval.
+"""Single runs on a tile set: reading its tiles, and zero-shot classification with metrics.
 
-These are the building blocks of the robustness grid and of `clipmed zeroshot` / `clipmed retrieve`.
+These are the building blocks of the robustness grid and of `clipmed zeroshot` (indexing a gallery is `ops.retrieval`).
 """
 
 from __future__ import annotations
@@ -15,7 +15,6 @@ from napari_clipmed import metrics
 from napari_clipmed.datasets import TileSet, iter_read_images
 from napari_clipmed.errors import InputError
 from napari_clipmed.progress import Progress, ProgressGenerator
-from napari_clipmed.retrieval import EmbeddingIndex
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -132,18 +131,3 @@ def iter_zeroshot_tiles(
         result.scores = zeroshot_scores(columns[ts.labels], np.argmax(probs, axis=1))
     yield Progress(len(probs), len(probs), "classified")
     return result
-
-
-def iter_index_tiles(
-    model: ClipModel,
-    tiles: LoadedTiles,
-    *,
-    labelled: bool = True,
-    batch_size: int = 64,
-    cache: EmbeddingCache | None = None,
-) -> ProgressGenerator[EmbeddingIndex]:
-    """Embed the tiles into an `EmbeddingIndex` (ids = file paths, labels = class names)."""
-    emb = yield from model.iter_encode_images(tiles.images, batch_size=batch_size, cache=cache)
-    ts = tiles.tileset
-    labels = ts.label_names if labelled else None
-    return EmbeddingIndex(emb, labels=labels, ids=[str(p) for p in ts.paths], model_id=model.identity)

@@ -1,9 +1,10 @@
-"""Progress of long commands on stderr, shared by every `clipmed` subcommand."""
+"""Progress of long commands on stderr (a tqdm bar), shared by every `clipmed` subcommand."""
 
 from __future__ import annotations
 
 import sys
 from collections.abc import Callable
+from typing import Any
 
 from napari_clipmed.progress import Progress
 
@@ -12,25 +13,29 @@ def _stage_of(message: str) -> str:
     return message.split(":")[0]
 
 
-class StderrProgress:
-    """One updating line on a terminal; elsewhere (logs, CI) one line each time the stage changes.
+class CliProgress:
+    """A `run_generator` callback that drives one tqdm bar; its description is the current stage.
 
-    `stage` maps a progress message to its stage; messages of the same stage are not repeated in logs.
+    `stage` maps a progress message to the text shown; `quiet` shows nothing. Call `close` when done.
     """
 
     def __init__(self, quiet: bool = False, stage: Callable[[str], str] = _stage_of) -> None:
-        self.quiet, self.tty, self.stage, self.last = quiet, sys.stderr.isatty(), stage, ""
+        self.quiet, self.stage = quiet, stage
+        self.bar: Any = None
 
     def __call__(self, step: Progress) -> None:
         if self.quiet:
             return
-        stage = self.stage(step.message)
-        if self.tty:
-            print(f"\r[{step.done}/{step.total}] {step.message[:100]:<100}", end="", file=sys.stderr, flush=True)
-        elif stage != self.last:
-            print(f"[{step.done}/{step.total}] {step.message}", file=sys.stderr, flush=True)
-        self.last = stage
+        if self.bar is None:
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=step.total, file=sys.stderr, dynamic_ncols=True, leave=True)
+        if self.bar.total != step.total:
+            self.bar.total = step.total
+        self.bar.set_description_str(self.stage(step.message)[:60], refresh=False)
+        self.bar.update(step.done - self.bar.n)
 
     def close(self) -> None:
-        if self.tty and not self.quiet:
-            print(file=sys.stderr)
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None

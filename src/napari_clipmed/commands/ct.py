@@ -13,22 +13,15 @@ from dataclasses import replace
 from pathlib import Path
 
 from napari_clipmed.errors import InputError
-from napari_clipmed.commands._progress import StderrProgress
+from napari_clipmed.commands._progress import CliProgress
 
 DEFAULT_MODEL = "openai-vit-b-16"
-
-
-def _prompt_table(text: str) -> dict[str, tuple[str, ...]]:
-    """Class -> phrases from the one prompt syntax (`PromptSet.parse`), CT presets (ild, uip) included."""
-    from napari_clipmed.ct.ild import ILD_CLASS_PRESETS
-    from napari_clipmed.zeroshot import PromptSet
-
-    return dict(PromptSet.parse(text, presets=ILD_CLASS_PRESETS).classes)
 
 
 def config_from_args(args: argparse.Namespace):  # -> CTMontageConfig
     """The run config: a saved config.json (--config) with any options given on the command line on top."""
     from napari_clipmed.ct.pipeline import CTMontageConfig
+    from napari_clipmed.ops.ct_montage import check_config, ct_prompts
 
     cfg = CTMontageConfig()
     if args.config:
@@ -52,10 +45,12 @@ def config_from_args(args: argparse.Namespace):  # -> CTMontageConfig
         patch["windows"] = RGB_WINDOWS
     top = {k: v for k, v in {
         "k": args.k, "min_distance_mm": args.min_distance_mm, "cell_size": args.cell_size, "batch_size": args.batch_size,
-        "class_prompts": _prompt_table(args.classes) if args.classes else None,
-        "patch_prompts": _prompt_table(args.patch_prompts) if args.patch_prompts else None,
+        "class_prompts": ct_prompts(args.classes) if args.classes else None,
+        "patch_prompts": ct_prompts(args.patch_prompts) if args.patch_prompts else None,
     }.items() if v is not None}
-    return replace(cfg, patch=replace(cfg.patch, **patch), **top)
+    cfg = replace(cfg, patch=replace(cfg.patch, **patch), **top)
+    check_config(cfg)
+    return cfg
 
 
 def _add_pipeline_options(p: argparse.ArgumentParser) -> None:
@@ -83,15 +78,14 @@ def _add_pipeline_options(p: argparse.ArgumentParser) -> None:
 def _ct_montage(args: argparse.Namespace) -> int:
     from napari_clipmed.commands.models import model_from_args
     from napari_clipmed.ct.io import read_ct
-    from napari_clipmed.ct.pipeline import iter_run_ct_montage
+    from napari_clipmed.ops import ct_montage as op
     from napari_clipmed.progress import run_generator
 
-    cfg = config_from_args(args)
-    volume = read_ct(args.volume)  # bad input fails here, before the model loads
+    request = op.CTMontageRequest(read_ct(args.volume), config_from_args(args))  # bad input fails before the model loads
     model = model_from_args(args)
-    printer = StderrProgress(args.quiet)
+    printer = CliProgress(args.quiet)
     try:
-        result = run_generator(iter_run_ct_montage(volume, model, cfg), printer)
+        result = run_generator(op.iter_run(request, model), printer)
     finally:
         printer.close()
     files = result.save(args.out)
@@ -113,7 +107,7 @@ def _ct_eval(args: argparse.Namespace) -> int:
         result = _ct_eval_distributed(args, cfg, positive)
     else:
         model = model_from_args(args)
-        printer = StderrProgress(args.quiet)
+        printer = CliProgress(args.quiet)
         case_dir = Path(args.out) / "cases" if args.save_montages else None
         try:
             result = run_generator(iter_evaluate_cohort(args.cohort, model, cfg, positive, args.bootstrap, args.seed,

@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from napari_clipmed.commands._progress import StderrProgress
+from napari_clipmed.commands._progress import CliProgress
 
 
 def _templates(text: str) -> tuple[str, ...]:
@@ -71,7 +71,7 @@ def run(args: argparse.Namespace) -> int:
     )
     job = iter_train(args.model, args.manifest, config, args.out, resume=not args.no_resume,
                      weights=args.weights, device=args.device)
-    result = run_generator(job, StderrProgress(args.quiet, stage=lambda m: m.split(", step ")[0]))
+    result = run_generator(job, CliProgress(args.quiet, stage=lambda m: m.split(", step ")[0]))
     print(result.to_frame().to_string(index=False, float_format=lambda v: f"{v:.4f}"))
     print(f"checkpoint: {result.checkpoint}")
     print(f"load it with: --model local --weights {result.checkpoint}")

@@ -83,7 +83,7 @@ def setup_viewer(
     weights: str | None = None,
 ) -> dict[str, Any]:
     """Open the samples and `paths` in `viewer`, dock the widgets, start loading `model`; returns the widgets."""
-    from napari_clipmed._widgets._session import ModelChoice, session_for
+    from napari_clipmed.session import ModelChoice, session_for
 
     if samples:
         for key in SAMPLES:

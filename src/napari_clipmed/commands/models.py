@@ -8,10 +8,15 @@ from pathlib import Path
 from napari_clipmed.errors import InputError
 
 
-def add_model_arguments(parser: argparse.ArgumentParser, *, default: str | None = "pathclip") -> None:
-    """The model options every command shares: --model, --weights, --weights-dir, --device."""
-    parser.add_argument("--model", default=default, required=default is None, help="registry name (see `clipmed models`)")
-    parser.add_argument("--weights", default=None, help="checkpoint file or Hugging Face folder (default: weights folder, then hub)")
+def add_model_arguments(parser: argparse.ArgumentParser, *, default: str | None = "pathclip", single: bool = True) -> None:
+    """The model options of every command, defined here once: --model, --weights (one model; `single`),
+    --weights-dir, --device. Commands that take several models (robustness) pass ``single=False``."""
+    if single:
+        parser.add_argument("--model", default=default, required=default is None,
+                            help="registry name (see `clipmed models`)")
+        parser.add_argument("--weights", default=None,
+                            help="checkpoint file or Hugging Face folder, e.g. a DAPT result with --model local "
+                                 "(default: weights folder, then hub)")
     parser.add_argument("--weights-dir", default=None, help="folder with checkpoints (default: $CLIPMED_WEIGHTS_DIR or the user cache)")
     parser.add_argument("--device", default=None, help="cuda, mps or cpu (default: best available)")
 
@@ -54,11 +59,11 @@ def _list(args: argparse.Namespace) -> int:
 
 def _pull(args: argparse.Namespace) -> int:
     """Download a model into a bundle folder (on a connected machine)."""
-    from napari_clipmed.commands._progress import StderrProgress
+    from napari_clipmed.commands._progress import CliProgress
     from napari_clipmed.models.bundle import iter_pull
     from napari_clipmed.progress import run_generator
 
-    printer = StderrProgress()
+    printer = CliProgress()
     try:
         manifest = run_generator(iter_pull(args.name, args.to, revision=args.revision), printer)
     finally:
@@ -95,8 +100,8 @@ def _convert(args: argparse.Namespace) -> int:
 
 def _encode(args: argparse.Namespace) -> int:
     import numpy as np
-    from PIL import Image
 
+    from napari_clipmed.datasets import read_image
     from napari_clipmed.io.atomic import atomic_path
     from napari_clipmed.models.cache import EmbeddingCache
 
@@ -105,7 +110,7 @@ def _encode(args: argparse.Namespace) -> int:
     if missing:
         raise InputError(f"{len(missing)} image files do not exist: {', '.join(missing[:5])}")
     model = model_from_args(args)
-    images = [np.asarray(Image.open(p).convert("RGB")) for p in paths]
+    images = [read_image(p) for p in paths]
     cache = None if args.no_cache else EmbeddingCache(args.cache_dir)
     embeddings = model.encode_images(images, batch_size=args.batch_size, cache=cache)
     out = Path(args.out)

@@ -29,11 +29,12 @@ def _corrupt(args: argparse.Namespace) -> int:
         return 0
     if args.image is None or args.out is None:
         raise InputError("give an IMAGE and --out FILE (or --list to see the corruptions)")
-    from napari_clipmed.pathology.corrupt import corrupt
+    from napari_clipmed.ops.corrupt import CorruptRequest, run
+    from napari_clipmed.ops.geometry import SourceImage
     from napari_clipmed.pathology.tiles import read_slide_level
 
     image = read_slide_level(args.image, args.level)
-    out = corrupt(image, args.kind, args.severity, seed=args.seed)
+    out = run(CorruptRequest(SourceImage.of_array(image, Path(args.image).stem), args.kind, args.severity, args.seed)).pixels
     _save_png(out, Path(args.out))
     print(f"wrote {args.out} ({args.kind} at severity {args.severity:g}, {out.shape[1]} x {out.shape[0]} px)")
     return 0
@@ -58,7 +59,37 @@ def _tile(args: argparse.Namespace) -> int:
     return 0
 
 
+def _label(args: argparse.Namespace) -> int:
+    """Zero-shot labels on an image's tiles (as the Zero-shot labels widget): labels.csv + config.json."""
+    from napari_clipmed.commands._progress import CliProgress
+    from napari_clipmed.commands.models import model_from_args
+    from napari_clipmed.ops import zeroshot as op
+    from napari_clipmed.ops.geometry import SourceImage
+    from napari_clipmed.pathology.tiles import read_slide_level
+    from napari_clipmed.progress import run_generator
+    from napari_clipmed.zeroshot import PromptSet
+
+    if (args.classes is None) == (args.preset is None):
+        raise InputError("give the classes with --classes or --preset (one of them)")
+    prompts = PromptSet.parse(args.preset or args.classes, args.templates)
+    image = read_slide_level(args.image, args.level)
+    request = op.ZeroShotRequest(SourceImage.of_array(image, Path(args.image).stem), prompts,
+                                 tile_size=args.tile_size, stride=args.stride, tissue_only=not args.all_tiles,
+                                 batch_size=args.batch_size)
+    model = model_from_args(args)
+    printer = CliProgress(args.quiet)
+    try:
+        result = run_generator(op.iter_run(request, model), printer)
+    finally:
+        printer.close()
+    files = result.save(args.out)
+    print(f"labelled {len(result.boxes)} tiles; wrote {', '.join(p.name for p in files.values())} to {args.out}")
+    return 0
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
+    from napari_clipmed.commands.models import add_model_arguments
+
     from napari_clipmed.pathology.params import MAX_SEVERITY, list_corruptions
 
     p = subparsers.add_parser(
@@ -87,3 +118,23 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--level", type=int, default=0, help="pyramid level (default 0)")
     p.add_argument("--out", required=True, help="output folder")
     p.set_defaults(func=_tile)
+
+    p = subparsers.add_parser(
+        "label",
+        help="zero-shot labels on the tiles of an image (as the Zero-shot labels widget)",
+        description="Cut an image into tiles (tissue only by default), classify each against text prompts, "
+        "write labels.csv (label, probabilities, pixel box per tile) and config.json.",
+    )
+    p.add_argument("image", help="image file (PNG, JPEG, SVS, TIFF)")
+    p.add_argument("--classes", help="classes: 'a, b' or 'name: synonym; synonym' per line, or a YAML/JSON file")
+    p.add_argument("--preset", help="prompt preset name or YAML/JSON file")
+    p.add_argument("--templates", help="prompt templates separated by ';', each with {}")
+    p.add_argument("--tile-size", type=int, default=224, help="tile side in pixels (default 224)")
+    p.add_argument("--stride", type=int, default=None, help="step between tiles (default: the tile size)")
+    p.add_argument("--all-tiles", action="store_true", help="label every tile, not only those with tissue")
+    p.add_argument("--level", type=int, default=0, help="pyramid level of an SVS/TIFF (default 0)")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--quiet", action="store_true", help="no progress output")
+    p.add_argument("--out", required=True, help="output folder")
+    add_model_arguments(p)
+    p.set_defaults(func=_label)

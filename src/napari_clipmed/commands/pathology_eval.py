@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 from napari_clipmed.errors import InputError
-from napari_clipmed.commands._progress import StderrProgress
+from napari_clipmed.commands._progress import CliProgress
 
 
 def _csv_list(text: str) -> list[str]:
@@ -29,10 +29,15 @@ def _templates(text: str | None) -> list[str] | None:
     return [t.strip() for t in text.split(";") if t.strip()] if text else None
 
 
-def _common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--weights-dir", type=Path, help="folder with model checkpoints")
+def _tuple_or_none(items: list[str] | None) -> tuple[str, ...] | None:
+    return tuple(items) if items is not None else None
+
+
+def _common(p: argparse.ArgumentParser, single: bool = True) -> None:
+    from napari_clipmed.commands.models import add_model_arguments
+
+    add_model_arguments(p, default=None, single=single)
     p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--device", help="cpu, cuda, mps (default: best available)")
     p.add_argument("--cache-dir", type=Path, help="embedding cache folder (default: the user cache)")
     p.add_argument("--no-cache", action="store_true", help="do not read or write cached embeddings")
     p.add_argument("--store", type=Path, help="a shared embedding store (`clipmed embed`) instead of the local cache")
@@ -57,14 +62,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--split", help="only tiles of this manifest split")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", required=True, type=Path, help="output folder")
-    _common(p)
+    _common(p, single=False)
     p.set_defaults(func=_run_robustness)
 
     p = subparsers.add_parser("zeroshot", help="zero-shot classification of tiles or images",
                               description="Classify images by text prompts; with a labelled tile set also score it.")
     p.add_argument("--data", required=True, type=Path, help="ImageFolder, CSV manifest, folder of images or one image")
-    p.add_argument("--model", required=True)
-    p.add_argument("--weights", type=Path, help="checkpoint file or Hugging Face folder (e.g. a DAPT result with --model local)")
     group = p.add_mutually_exclusive_group()
     group.add_argument("--classes", help="classes: comma-separated names, 'name: synonym; synonym' allowed "
                        "(default: the tile-set classes)")
@@ -78,8 +81,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                               description="Top-k most similar gallery images (cosine similarity of embeddings).")
     p.add_argument("--gallery", required=True, type=Path, help="image folder, ImageFolder, manifest or saved index.npz")
     p.add_argument("--query", required=True, type=Path, help="image, folder or manifest")
-    p.add_argument("--model", required=True)
-    p.add_argument("--weights", type=Path, help="checkpoint file or Hugging Face folder (e.g. a DAPT result with --model local)")
     p.add_argument("--k", type=int, default=10)
     p.add_argument("--out", required=True, type=Path, help="hits CSV")
     p.add_argument("--save-index", type=Path, help="also save the gallery index (.npz) for reuse")
@@ -106,11 +107,12 @@ def _run_robustness(args: argparse.Namespace) -> int:
         tileset = tileset.select_split(args.split)
     config = RobustnessConfig(
         models=tuple(args.models), corruptions=tuple(args.corruptions), severities=tuple(args.severities),
-        ks=tuple(args.k), preset=args.preset, templates=_templates(args.templates), seed=args.seed,
-        batch_size=args.batch_size, out_dir=args.out, weights_dir=args.weights_dir, cache_dir=args.cache_dir,
+        ks=tuple(args.k), preset=args.preset, templates=_tuple_or_none(_templates(args.templates)), seed=args.seed,
+        batch_size=args.batch_size, out_dir=args.out, cache_dir=args.cache_dir,
+        weights_dir=Path(args.weights_dir) if args.weights_dir else None,
         use_cache=not args.no_cache, device=args.device, store_dir=args.store,
     )
-    printer = StderrProgress(args.quiet)
+    printer = CliProgress(args.quiet)
     try:
         result = run_generator(iter_run_robustness(tileset, config), printer)
     finally:
@@ -128,7 +130,7 @@ def _run_zeroshot(args: argparse.Namespace) -> int:
     from napari_clipmed.bench import report
     from napari_clipmed.bench.tasks import iter_load_tiles, iter_zeroshot_tiles, prompt_columns, tileset_prompts
     from napari_clipmed.datasets import load_images
-    from napari_clipmed.models.loader import load_model
+    from napari_clipmed.commands.models import model_from_args
     from napari_clipmed.progress import run_generator
     from napari_clipmed.zeroshot import PromptSet
 
@@ -147,8 +149,8 @@ def _run_zeroshot(args: argparse.Namespace) -> int:
         prompts, columns = tileset_prompts(tileset.class_names, None, templates)
     else:
         raise InputError("these images carry no labels: name the classes with --classes a,b or --preset NAME")
-    model = load_model(args.model, args.weights, weights_dir=args.weights_dir, device=args.device)
-    printer = StderrProgress(args.quiet)
+    model = model_from_args(args)
+    printer = CliProgress(args.quiet)
     try:
         tiles = run_generator(iter_load_tiles(tileset), printer)
         result = run_generator(iter_zeroshot_tiles(model, tiles, prompts, columns, batch_size=args.batch_size,
@@ -166,48 +168,47 @@ def _run_zeroshot(args: argparse.Namespace) -> int:
 
 
 def _run_retrieve(args: argparse.Namespace) -> int:
+    import numpy as np
+
     from napari_clipmed import metrics
     from napari_clipmed.bench import report
-    from napari_clipmed.bench.tasks import iter_index_tiles, iter_load_tiles
-    from napari_clipmed.datasets import load_images
-    from napari_clipmed.models.loader import load_model
+    from napari_clipmed.datasets import iter_read_images
+    from napari_clipmed.commands.models import model_from_args
+    from napari_clipmed.ops import retrieval as op
+    from napari_clipmed.ops.geometry import SourceImage
     from napari_clipmed.progress import run_generator
-    from napari_clipmed.retrieval import EmbeddingIndex
 
-    model = load_model(args.model, args.weights, weights_dir=args.weights_dir, device=args.device)
-    printer = StderrProgress(args.quiet)
-    same = False
+    model = model_from_args(args)
+    printer = CliProgress(args.quiet)
+    rows = None
     try:
         if args.gallery.suffix.lower() == ".npz":
-            index = EmbeddingIndex.load(args.gallery)
+            index = op.load_index(args.gallery)
         else:
-            gallery_set, labelled = load_images(args.gallery)
-            gallery = run_generator(iter_load_tiles(gallery_set), printer)
-            index = run_generator(iter_index_tiles(model, gallery, labelled=labelled, batch_size=args.batch_size,
-                                                   cache=_cache(args)), printer)
-            same = args.query.resolve() == args.gallery.resolve()
-        query_set, query_labelled = load_images(args.query)
-        queries = run_generator(iter_load_tiles(query_set), printer)
-        emb = run_generator(model.iter_encode_images(queries.images, batch_size=args.batch_size, cache=_cache(args)),
-                            printer)
+            request = op.IndexRequest(args.gallery, batch_size=args.batch_size)
+            index = run_generator(op.iter_build_index(request, model, _cache(args)), printer).index
+        paths, labels = op.list_gallery(args.query)
+        read = run_generator(iter_read_images(paths), printer)
+        if not read.images:
+            raise InputError(f"none of the {len(paths)} query images could be read (first: {read.failed[0][1]})")
+        queries = tuple(SourceImage.of_array(image, str(paths[i])) for image, i in zip(read.images, read.indices))
+        query_labels = None if labels is None else tuple(labels[i] for i in read.indices)
+        if args.gallery.suffix.lower() != ".npz" and args.query.resolve() == args.gallery.resolve():
+            ids: list[str] = [] if index.ids is None else [str(i) for i in index.ids]
+            position = {p: i for i, p in enumerate(ids)}  # the queries are the gallery: leave each one out
+            rows = tuple(position[q.name] for q in queries)
+        query = op.QueryRequest(index, queries, args.k, query_rows=rows, query_labels=query_labels,
+                                batch_size=args.batch_size)
+        result = run_generator(op.iter_query(query, model, _cache(args)), printer)
     finally:
         printer.close()
     if args.save_index:
         print(f"saved the gallery index to {index.save(args.save_index)}")
-    if same:  # the query images are the gallery: leave each one out of its own search
-        paths = {p: i for i, p in enumerate(index.ids)}
-        rows = [paths[str(p)] for p in queries.tileset.paths]
-        hits = index.search(emb, args.k, model_id=model.identity, query_rows=rows)
+    if rows is not None:
         print("queries are the gallery: each query is left out of its own search")
-    else:
-        hits = index.search(emb, args.k, model_id=model.identity)
-    hits.query_ids = [str(p) for p in queries.tileset.paths]
-    frame = hits.to_frame()
-    if query_labelled:
-        frame.insert(1, "query_label", list(queries.tileset.label_names.repeat(hits.k)))
-    report.write_csv(frame, args.out)
-    if query_labelled and hits.labels is not None:
-        for name, value in metrics.retrieval_metrics(queries.tileset.label_names, hits.labels, [1, args.k]).items():
+    report.write_csv(result.to_frame(), args.out)
+    if query_labels is not None and result.hits.labels is not None:
+        for name, value in metrics.retrieval_metrics(np.asarray(query_labels), result.hits.labels, [1, args.k]).items():
             print(f"{name}: {value:.4f}")
-    print(f"wrote {args.out} ({len(queries.images)} queries x {args.k} hits from a gallery of {len(index)})")
+    print(f"wrote {args.out} ({len(queries)} queries x {args.k} hits from a gallery of {len(index)})")
     return 0

@@ -12,7 +12,8 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from napari_clipmed.commands._progress import StderrProgress
+from napari_clipmed.commands._progress import CliProgress
+from napari_clipmed.commands.models import add_model_arguments, model_from_args
 from napari_clipmed.errors import InputError
 
 
@@ -40,9 +41,7 @@ def _check_slides(paths: list[str], slide_mpp: float | None) -> None:
 
 
 def _load_model(args: argparse.Namespace) -> Any:
-    from napari_clipmed.models.loader import load_model
-
-    return load_model(args.model, args.weights, weights_dir=args.weights_dir, device=args.device)
+    return model_from_args(args)
 
 
 def _slide_zeroshot(args: argparse.Namespace) -> int:
@@ -71,7 +70,7 @@ def _slide_zeroshot(args: argparse.Namespace) -> int:
             print(f"{slide_stem(r.slide)}: already done, skipped")
     if todo:
         model = _load_model(args)
-        printer = StderrProgress(args.quiet)
+        printer = CliProgress(args.quiet)
         try:
             for r in todo:
                 result = run_generator(iter_run(r, model), printer)
@@ -79,7 +78,7 @@ def _slide_zeroshot(args: argparse.Namespace) -> int:
                 print(f"{result.name}: {scores['tiles']:,} tiles, slide class {scores['predicted']} -> {r.out}")
         finally:
             printer.close()
-        config = {**requests[0].config(), "slides": list(args.slides), "model": _identity(model)}
+        config = {**requests[0].config(), "slides": list(args.slides), "model": model.identity}
         config.pop("slide")
         write_json(out / "run_config.json", config)
     _write_summary(out, requests, write_frame)
@@ -123,12 +122,6 @@ def _slide_zeroshot_on_cluster(args: argparse.Namespace, requests: list[Any]) ->
     return 1 if run.failed else 0
 
 
-def _identity(model: Any) -> str:
-    from napari_clipmed.ops.slide_common import model_identity
-
-    return model_identity(model)
-
-
 def _write_summary(out: Path, requests: list[Any], write_frame: Any) -> None:
     """slide_scores.csv: one row per finished slide (probability per class, predicted class)."""
     import json
@@ -154,7 +147,7 @@ def _slide_index(args: argparse.Namespace) -> int:
     query = _parse_query(args.query) if args.query else None
     _check_slides(list(args.slides), args.slide_mpp)
     model = _load_model(args)
-    printer = StderrProgress(args.quiet)
+    printer = CliProgress(args.quiet)
     try:
         result = run_generator(iter_run(request, model), printer)
     finally:
@@ -183,10 +176,7 @@ def _parse_query(text: str) -> tuple[str, tuple[float, float, float, float]]:
 
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("slides", nargs="+", metavar="SLIDE", help="slide files (SVS, TIFF, NDPI, MRXS, DICOM folder, ...)")
-    p.add_argument("--model", required=True, help="registry model name (see clipmed models)")
-    p.add_argument("--weights", type=Path, help="checkpoint file or Hugging Face folder")
-    p.add_argument("--weights-dir", type=Path, help="folder with model checkpoints")
-    p.add_argument("--device", help="cpu, cuda, mps (default: best available)")
+    add_model_arguments(p, default=None)
     p.add_argument("--mpp", type=float, default=0.5, help="target magnification, µm per tile pixel (default 0.5 = 20x)")
     p.add_argument("--tile", type=int, default=224, help="tile side in pixels (default 224)")
     p.add_argument("--min-tissue", type=float, default=0.5, help="smallest tissue fraction of a kept tile (default 0.5)")

@@ -24,7 +24,7 @@ from napari_clipmed.ct.io import read_ct
 from napari_clipmed.ct.pipeline import CTMontageConfig, iter_run_ct_montage
 from napari_clipmed.errors import InputError
 from napari_clipmed.io.atomic import atomic_write
-from napari_clipmed.progress import Progress, ProgressGenerator, run_generator
+from napari_clipmed.progress import Progress, ProgressGenerator, forward, run_generator
 
 if TYPE_CHECKING:
     from napari_clipmed.distributed import ModelRef
@@ -164,7 +164,7 @@ def iter_evaluate_cohort(
     (and montage, when `case_dir` is given) lands in ``work_dir/items/<case>/`` as it finishes, and a rerun
     resumes. `model` may then be a `ModelRef`; workers load it once each.
     """
-    from napari_clipmed.metrics import bootstrap_ci, roc_auc
+    from napari_clipmed.metrics import bootstrap_ci, roc_auc, roc_curve
 
     cfg = config or CTMontageConfig()
     classes = list(cfg.class_prompts)
@@ -221,14 +221,8 @@ def _iter_case(i: int, case: CohortCase, n: int, model: object, cfg: CTMontageCo
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             volume = read_ct(case.path)
-        gen = iter_run_ct_montage(volume, model, cfg)
-        while True:
-            try:
-                step = next(gen)
-            except StopIteration as stop:
-                result = stop.value
-                break
-            yield Progress(100 * i + int(99 * step.fraction), 100 * n, f"case {i + 1} of {n}: {step.message}")
+        result = yield from forward(iter_run_ct_montage(volume, model, cfg), 100 * i, 100 * n, span=99,
+                                    prefix=f"case {i + 1} of {n}: ")
     except InputError as err:
         row["error"] = str(err)
         return row, None
@@ -279,18 +273,6 @@ def evaluate_cohort(csv_path: str | Path, model: ClipModel | ModelRef, config: C
                     **kwargs: object) -> CohortResult:
     """Plain-call twin of `iter_evaluate_cohort`."""
     return run_generator(iter_evaluate_cohort(csv_path, model, config, **kwargs))  # type: ignore[arg-type]
-
-
-def roc_curve(y: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """False and true positive rates at every distinct score threshold (high to low), starting at (0, 0)."""
-    y = np.asarray(y).astype(bool)
-    s = np.asarray(scores, dtype=np.float64)
-    order = np.argsort(-s, kind="mergesort")
-    s, y = s[order], y[order]
-    last_of_tie = np.r_[np.flatnonzero(np.diff(s)), len(s) - 1]
-    tps = np.cumsum(y)[last_of_tie]
-    fps = (last_of_tie + 1) - tps
-    return np.r_[0.0, fps / max(1, (~y).sum())], np.r_[0.0, tps / max(1, y.sum())]
 
 
 def roc_plot_png(fpr: np.ndarray, tpr: np.ndarray, auroc: float, ci: tuple[float, float], positive: str,

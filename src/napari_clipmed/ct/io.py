@@ -15,12 +15,12 @@ from pathlib import Path
 
 import numpy as np
 
-from napari_clipmed.errors import InputError
+from napari_clipmed.errors import ClipmedWarning, InputError
 
 IDENTITY_DIRECTION: tuple[float, ...] = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0)
 
 
-class CTWarning(UserWarning):
+class CTWarning(ClipmedWarning):
     """Something about a CT volume looks wrong but the pipeline can go on (spacing, HU range)."""
 
 

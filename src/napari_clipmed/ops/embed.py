@@ -3,7 +3,8 @@
 Each chunk of tiles is one `distributed` item: its embeddings and table (content key, path, label) become one
 shard of the store as soon as it finishes, so a stopped run resumes and a chunk that fails is reported while
 the others go on. With `ct=True` the source is a CT volume or a CSV with a `path` column (label optional) and
-each volume is one item: lung mask, physical-size patches (`ct.patches`), one vector per patch. The run then saves an `EmbeddingIndex` of its tiles (ids = paths, labels = classes) next to
+each volume is one item: lung mask, physical-size patches (`ct.patches`), one vector per patch. The run
+then saves an `EmbeddingIndex` of its tiles (ids = paths, labels = classes) next to
 the shards (`EmbeddingStore.index_path`), for `clipmed retrieve --gallery` and the Retrieval widget.
 """
 

@@ -8,7 +8,7 @@ it, so result layers overlay their source exactly. Rotate, shear and affine are 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -66,3 +66,27 @@ class Geometry:
     def kwargs(self) -> dict[str, tuple[float, ...]]:
         """``scale`` and ``translate`` as napari layer keyword arguments."""
         return {"scale": self.scale, "translate": self.translate}
+
+
+@dataclass
+class SourceImage:
+    """Pixels taken from an image layer (a copy), where they sit, and the layer's name."""
+
+    pixels: np.ndarray
+    name: str
+    geometry: Geometry
+    offset: tuple[int, int] = (0, 0)  # top-left pixel of `pixels` in the layer (non-zero for crops)
+    full_shape: tuple[int, int] = field(default=(0, 0))
+
+    @property
+    def cropped(self) -> bool:
+        return tuple(self.pixels.shape[:2]) != tuple(self.full_shape)
+
+    @classmethod
+    def of_array(cls, pixels: np.ndarray, name: str = "image", geometry: Geometry | None = None) -> SourceImage:
+        """A whole 2-D image (grey or RGB) given as an array, e.g. read from a file."""
+        arr = np.asarray(pixels)
+        if arr.ndim not in (2, 3) or (arr.ndim == 3 and arr.shape[-1] not in (3, 4)):
+            raise InputError(f"'{name}' has shape {arr.shape}: give a 2-D grey or RGB image")
+        arr = arr[..., :3] if arr.ndim == 3 else arr
+        return cls(arr, name, geometry or Geometry(), (0, 0), (int(arr.shape[0]), int(arr.shape[1])))

@@ -110,11 +110,6 @@ def iter_embed_grid(slide: Slide, grid: TileGrid, model: Any, batch_size: int = 
     return out
 
 
-def model_identity(model: Any) -> str:
-    """The model's one identity (`ClipModel.identity`), as written next to outputs and checked on resume."""
-    return str(model.identity)
-
-
 def slide_geometry_args(slide_mpp: float, geometry: Any | None) -> tuple[np.ndarray, np.ndarray]:
     """(scale, translate) of level-0 pixels in the world: the slide layer's geometry, or µm from the origin."""
     if geometry is None:

@@ -23,7 +23,6 @@ from napari_clipmed.ops.slide_common import (
     SlideTiling,
     check_slide_path,
     iter_embed_grid,
-    model_identity,
     rectangles,
     slide_geometry_args,
     tile_slide,
@@ -115,7 +114,7 @@ def iter_index_slide(slide: str, tiling: SlideTiling, model: Any, out: str | Non
     folder = Path(out) / slide_stem(slide) if out is not None else None
     if folder is not None and (folder / DONE_FILE).is_file():
         done = SlideEmbeddings.load(folder)
-        if done.model == model_identity(model) and done.grid.target_mpp == tiling.target_mpp and done.grid.tile == tiling.tile:
+        if done.model == model.identity and done.grid.target_mpp == tiling.target_mpp and done.grid.tile == tiling.tile:
             yield Progress(len(done.grid), len(done.grid), f"{done.name}: already indexed")
             return done
     opened, _tissue, grid = tile_slide(slide, tiling)
@@ -123,7 +122,7 @@ def iter_index_slide(slide: str, tiling: SlideTiling, model: Any, out: str | Non
         embeddings = yield from iter_embed_grid(opened, grid, model, tiling.batch_size)
     finally:
         opened.close()
-    result = SlideEmbeddings(slide, grid, embeddings, model_identity(model))
+    result = SlideEmbeddings(slide, grid, embeddings, model.identity)
     if folder is not None:
         result.save(folder)
     return result
@@ -168,7 +167,7 @@ class SlideIndexResult:
             query = read_query(opened, box, self.tiling.target_mpp)
         yield Progress(0, 1, "embedding the query region")
         vector = model.encode_images([query])
-        hits = self.index().search(vector, min(k, sum(len(e.grid) for e in self.entries)), model_id=model_identity(model))
+        hits = self.index().search(vector, min(k, sum(len(e.grid) for e in self.entries)), model_id=model.identity)
         entries = {e.name: e for e in self.entries}
         rows = []
         assert hits.ids is not None  # the index is built with ids

@@ -12,6 +12,8 @@ outputs atomically (so a cluster can map it over slides, and a resumed batch ski
 
 from __future__ import annotations
 
+import warnings
+
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -24,7 +26,6 @@ from napari_clipmed.ops.slide_common import (
     as_prompts,
     check_slide_path,
     iter_embed_grid,
-    model_identity,
     rectangles,
     slide_geometry_args,
     tile_slide,
@@ -235,12 +236,14 @@ def write_heatmap(path: Path, result: SlideZeroShotResult) -> None:
     while min(levels[-1].shape[1:]) >= 64:
         h, w = levels[-1].shape[1] // 2 * 2, levels[-1].shape[2] // 2 * 2
         block = levels[-1][:, :h, :w].reshape(len(heat), h // 2, 2, w // 2, 2)
-        levels.append(np.nanmean(block, axis=(2, 4)).astype(np.float32) if np.isfinite(block).any() else block[:, :, 0, :, 0])
+        with warnings.catch_warnings():  # 2x2 blocks outside the tissue are all NaN, and stay NaN
+            warnings.simplefilter("ignore", RuntimeWarning)
+            levels.append(np.nanmean(block, axis=(2, 4)).astype(np.float32))
     meta = {"axes": "CYX", "classes": list(result.classes), "um_per_pixel": um}
     with tifffile.TiffWriter(path) as tw:
         for k, level in enumerate(levels):
             res = 1e4 / (um * 2**k)  # pixels per cm
-            tw.write(level, subifds=len(levels) - 1 if k == 0 else None, subfiletype=1 if k else 0,
+            tw.write(level, photometric="minisblack", planarconfig="separate", subifds=len(levels) - 1 if k == 0 else None, subfiletype=1 if k else 0,
                      metadata=meta if k == 0 else None, resolution=(res, res), resolutionunit="CENTIMETER")
 
 
@@ -258,7 +261,7 @@ def iter_run(request: SlideZeroShotRequest, model: Any) -> ProgressGenerator[Sli
         pixels = read_tiles(slide, grid, top)
     finally:
         slide.close()
-    config = {**request.config(), "model": model_identity(model), "slide_mpp_used": grid.slide_mpp, "level": grid.level}
+    config = {**request.config(), "model": model.identity, "slide_mpp_used": grid.slide_mpp, "level": grid.level}
     result = SlideZeroShotResult(
         request.slide, grid, tuple(classifier.classes), sims, probs, float(classifier.logit_scale),
         request.top_j, request.top_k, dict(zip(top.tolist(), pixels)), config,

@@ -12,8 +12,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from napari_clipmed.errors import InputError
+
+if TYPE_CHECKING:
+    import pandas
 
 MAX_SEVERITY = 4
 
@@ -154,7 +158,7 @@ def parameter_at(kind: str, severity: float) -> float:
     return get_corruption(kind).parameter_at(severity)
 
 
-def table_frame() -> "pandas.DataFrame":  # noqa: F821
+def table_frame() -> pandas.DataFrame:
     """The table as a DataFrame (one row per kind), for docs and the CLI."""
     import pandas as pd
 

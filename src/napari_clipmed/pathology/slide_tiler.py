@@ -5,8 +5,8 @@ The grid lives in level-0 pixels: a tile of `tile` px at `target_mpp` µm/px cov
 so every tile knows its box on the slide. Each tile is read from the coarsest level that is still
 at least as fine as the target (`Slide.best_level`), as the integer region that covers its box on
 that level, and resized to `tile` px by Pillow (area averaging when shrinking, bilinear when a
-slide is coarser than the target) with the box's exact, fractional position. Only tiles are read, never a whole level; a few reader threads fetch the next
-batches while the model encodes the current one.
+slide is coarser than the target) with the box's exact, fractional position. Only tiles are read,
+never a whole level; a few reader threads fetch the next batches while the model encodes the current one.
 """
 
 from __future__ import annotations
