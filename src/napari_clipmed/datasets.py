@@ -10,7 +10,6 @@ warning with the count), so one broken tile never silently aborts a long benchma
 from __future__ import annotations
 
 from collections.abc import Sequence
-import csv
 from dataclasses import dataclass, field
 import os
 from pathlib import Path
@@ -130,13 +129,13 @@ def load_manifest(path: str | os.PathLike) -> TileSet:
     path = Path(path)
     if not path.is_file():
         raise InputError(f"manifest {path} does not exist")
-    with path.open(newline="", encoding="utf-8-sig") as fh:
-        reader = csv.DictReader(fh)
-        header = {(name or "").strip().lower(): name for name in (reader.fieldnames or [])}
-        missing = [c for c in ("path", "label") if c not in header]
-        if missing:
-            raise InputError(f"manifest {path} lacks column(s) {', '.join(missing)}; its header must start path,label[,split]")
-        rows = list(reader)
+    from napari_clipmed.io.tables import check_unique, read_csv_rows
+
+    fieldnames, rows = read_csv_rows(path, "manifest")
+    header = {(name or "").strip().lower(): name for name in fieldnames}
+    missing = [c for c in ("path", "label") if c not in header]
+    if missing:
+        raise InputError(f"manifest {path} lacks column(s) {', '.join(missing)}; its header must start path,label[,split]")
     if not rows:
         raise InputError(f"manifest {path} lists no images")
     paths, names, split = [], [], []
@@ -148,6 +147,7 @@ def load_manifest(path: str | os.PathLike) -> TileSet:
         names.append(label)
         if "split" in header:
             split.append((row.get(header["split"]) or "").strip())
+    check_unique(((i + 2, str(p.resolve()), n) for i, (p, n) in enumerate(zip(paths, names))), f"manifest {path}")
     class_names = sorted(set(names))
     codes = {name: i for i, name in enumerate(class_names)}
     return TileSet(paths, np.array([codes[n] for n in names]), class_names, split if "split" in header else None, path)

@@ -8,6 +8,8 @@ image's class probabilities are the softmax of `logit_scale` times its cosine si
 from __future__ import annotations
 
 import os
+import re
+import string
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib import resources
@@ -20,6 +22,39 @@ from napari_clipmed.progress import Progress, ProgressGenerator, run_generator
 
 DEFAULT_TEMPLATES: tuple[str, ...] = ("an H&E image of {}.", "a histopathology image of {}.")
 ClassSpec = Sequence[str] | Mapping[str, Sequence[str] | str]
+
+
+def check_templates(templates: Sequence[str], source: str = "templates") -> tuple[str, ...]:
+    """The non-empty templates, each with exactly one `{}` (where the class name goes); else one InputError."""
+    temps = tuple(t for t in templates if t.strip())
+    if not temps:
+        raise InputError(f"{source}: at least one prompt template is needed, e.g. 'an H&E image of {{}}.'")
+    for t in temps:
+        try:
+            fields = [f for _, f, _, _ in string.Formatter().parse(t) if f is not None]
+        except ValueError as err:
+            raise InputError(f"{source}: template {t!r} has unbalanced braces ({err})") from None
+        if fields != [""]:
+            raise InputError(
+                f"{source}: template {t!r} needs a {{}} where the class name goes (exactly one, and no other braces)"
+            )
+    return temps
+
+
+def _class_key(name: str) -> str:
+    return re.sub(r"[\W_]+", "", name.casefold())
+
+
+def check_class_names(names: Sequence[str], source: str = "classes") -> None:
+    """Refuse class names that differ only in case, spaces or punctuation (one InputError naming them)."""
+    seen: dict[str, str] = {}
+    for name in names:
+        key = _class_key(name)
+        if not key:
+            raise InputError(f"{source}: class name {name!r} has no letters or digits")
+        if key in seen:
+            raise InputError(f"{source}: classes {seen[key]!r} and {name!r} differ only in case or punctuation")
+        seen[key] = name
 
 
 @dataclass(frozen=True)
@@ -41,17 +76,13 @@ class PromptSet:
         else:
             table = {str(c): (str(c),) for c in classes}
         table = {k.strip(): tuple(n.strip() for n in v if n.strip()) for k, v in table.items() if k.strip()}
+        check_class_names(list(table))
         if len(table) < 2:
             raise InputError(f"zero-shot classification needs at least two classes, got {list(table) or 'none'}")
         empty = [k for k, v in table.items() if not v]
         if empty:
             raise InputError(f"classes without any name: {', '.join(empty)}")
-        temps = tuple(t for t in (templates or DEFAULT_TEMPLATES) if t.strip())
-        if not temps:
-            raise InputError("at least one prompt template is needed, e.g. 'an H&E image of {}.'")
-        bad = [t for t in temps if "{}" not in t]
-        if bad:
-            raise InputError(f"every template needs a {{}} where the class name goes; these lack it: {bad}")
+        temps = check_templates(templates or DEFAULT_TEMPLATES)
         return cls(classes=table, templates=temps, name=name)
 
     @property
@@ -80,9 +111,22 @@ def load_preset(name_or_path: str | os.PathLike[str]) -> PromptSet:
         path = _preset_dir() / f"{name_or_path}.yaml"
     if not path.is_file():
         raise InputError(f"unknown preset {str(name_or_path)!r}; bundled presets: {', '.join(list_presets())}")
-    data = yaml.safe_load(path.read_text()) or {}
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except (yaml.YAMLError, UnicodeDecodeError) as err:
+        where = getattr(err, "problem_mark", None)
+        at = f" (line {where.line + 1})" if where is not None else ""
+        raise InputError(f"preset file {path} is not valid YAML/JSON{at}") from None
+    if not isinstance(data, dict):
+        raise InputError(f"preset file {path} must hold a mapping with 'classes:' (and 'templates:'), "
+                         f"not a {type(data).__name__}")
     if "classes" not in data:
         raise InputError(f"preset file {path} has no 'classes:' section")
+    templates = data.get("templates")
+    if not isinstance(data["classes"], (list, dict)) or not (
+        templates is None or (isinstance(templates, list) and all(isinstance(t, str) for t in templates))
+    ):
+        raise InputError(f"preset file {path}: 'classes:' must be a list or a mapping and 'templates:' a list of text")
     prompts = PromptSet.from_spec(data["classes"], data.get("templates"), name=data.get("name", path.stem))
     return PromptSet(prompts.classes, prompts.templates, prompts.name, data.get("description", ""))
 

@@ -12,8 +12,9 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
-from napari_clipmed.errors import InputError
+from napari_clipmed.commands._checks import preflight
 from napari_clipmed.commands._progress import StderrProgress
+from napari_clipmed.errors import InputError
 
 DEFAULT_MODEL = "openai-vit-b-16"
 
@@ -54,8 +55,10 @@ def config_from_args(args: argparse.Namespace):  # -> CTMontageConfig
             raise InputError(f"config file not found: {args.config}")
         try:
             data = json.loads(Path(args.config).read_text(encoding="utf-8"))
-        except json.JSONDecodeError as err:
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
             raise InputError(f"{args.config} is not a JSON config ({err})") from None
+        if not isinstance(data, dict):
+            raise InputError(f"{args.config} must hold a JSON object of settings, not a {type(data).__name__}")
         data.pop("model", None)
         cfg = CTMontageConfig.from_dict(data)
     patch = {k: v for k, v in {
@@ -73,7 +76,10 @@ def config_from_args(args: argparse.Namespace):  # -> CTMontageConfig
         "class_prompts": _prompt_table(args.classes) if args.classes else None,
         "patch_prompts": _prompt_table(args.patch_prompts) if args.patch_prompts else None,
     }.items() if v is not None}
-    return replace(cfg, patch=replace(cfg.patch, **patch), **top)
+    try:
+        return replace(cfg, patch=replace(cfg.patch, **patch), **top).check()
+    except TypeError as err:
+        raise InputError(f"CT montage settings of the wrong type ({err})") from None
 
 
 def _add_pipeline_options(p: argparse.ArgumentParser) -> None:
@@ -104,8 +110,9 @@ def _ct_montage(args: argparse.Namespace) -> int:
     from napari_clipmed.ct.pipeline import iter_run_ct_montage
     from napari_clipmed.progress import run_generator
 
+    preflight(args, out_dir=args.out)
     cfg = config_from_args(args)
-    volume = read_ct(args.volume)  # bad input fails here, before the model loads
+    volume = read_ct(args.volume, series_id=args.series)  # bad input fails here, before the model loads
     model = model_from_args(args)
     printer = StderrProgress(args.quiet)
     try:
@@ -124,7 +131,12 @@ def _ct_eval(args: argparse.Namespace) -> int:
     from napari_clipmed.ct.cohort import iter_evaluate_cohort, read_cohort
     from napari_clipmed.progress import run_generator
 
+    preflight(args, out_dir=args.out)
     cfg = config_from_args(args)
+    if args.positive is not None and args.positive not in cfg.class_prompts:
+        raise InputError(f"--positive {args.positive!r} is not one of the classes: {', '.join(cfg.class_prompts)}")
+    if args.bootstrap < 1:
+        raise InputError(f"--bootstrap needs at least 1 resample, got {args.bootstrap}")
     positive = args.positive or next(iter(cfg.class_prompts))
     read_cohort(args.cohort, [positive, *[c for c in cfg.class_prompts if c != positive]])  # check before loading
     model = model_from_args(args)
@@ -154,6 +166,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("volume", help="DICOM series folder, NIfTI, NRRD or MHA file")
     p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--series", help="DICOM series UID, for a folder that holds several series (the error lists them)")
     _add_pipeline_options(p)
     p.set_defaults(func=_ct_montage)
 

@@ -10,11 +10,14 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from napari_clipmed.commands._checks import preflight
 from napari_clipmed.commands._progress import StderrProgress
 
 
 def _templates(text: str) -> tuple[str, ...]:
-    return tuple(t.strip() for t in text.split(";") if t.strip())
+    from napari_clipmed.zeroshot import check_templates
+
+    return check_templates([t.strip() for t in text.split(";") if t.strip()], source="--templates")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -62,6 +65,7 @@ def run(args: argparse.Namespace) -> int:
     from napari_clipmed.dapt.train import iter_train
     from napari_clipmed.progress import run_generator
 
+    preflight(args, out_dir=args.out)
     config = DaptConfig(
         epochs=args.epochs, batch_size=args.batch_size, grad_accum_steps=args.grad_accum, lr=args.lr,
         weight_decay=args.weight_decay, warmup_steps=args.warmup_steps, precision=args.precision,

@@ -181,7 +181,8 @@ def _read_dicom_series(folder: Path, series_id: str | None):
     if series_id is None:
         if len(ids) > 1:
             raise InputError(
-                f"folder {folder} holds {len(ids)} DICOM series; choose one with series_id: {', '.join(ids)}"
+                f"folder {folder} holds {len(ids)} DICOM series; choose one with --series UID "
+                f"(series_id= in Python): {', '.join(ids)}"
             )
         series_id = ids[0]
     elif series_id not in ids:

@@ -71,8 +71,19 @@ def read_slide_level(path: str | Path, level: int = 0) -> np.ndarray:
 
 
 def _read_tiff_level(path: Path, level: int) -> np.ndarray:
+    import logging
+
     import tifffile
 
+    quiet = logging.getLogger("tifffile")  # its log lines would come before our one-line message
+    previous, quiet.disabled = quiet.disabled, True
+    try:
+        return _read_tiff_level_quiet(path, level, tifffile)
+    finally:
+        quiet.disabled = previous
+
+
+def _read_tiff_level_quiet(path: Path, level: int, tifffile) -> np.ndarray:  # noqa: ANN001
     try:
         with tifffile.TiffFile(path) as tif:
             levels = tif.series[0].levels
@@ -97,6 +108,11 @@ def _read_tiff_level(path: Path, level: int) -> np.ndarray:
         raise InputError(f"cannot read {path.name}: {err}") from err
     except (tifffile.TiffFileError, OSError) as err:
         raise InputError(f"cannot read {path.name} as a TIFF/SVS slide: {err}") from err
+    except Exception as err:  # noqa: BLE001 - a truncated file fails in many places inside the decoder
+        raise InputError(
+            f"cannot read {path.name} as a TIFF/SVS slide: the file looks truncated or corrupt "
+            f"({type(err).__name__}: {str(err)[:150]})"
+        ) from None
 
 
 def _pillow_can_decode(page: object) -> bool:
