@@ -1,0 +1,109 @@
+"""Checks on CT files that SimpleITK does not make: truncated NIfTI data, DICOM slice positions.
+
+SimpleITK fills the missing part of a truncated NIfTI with zeros, and reads a DICOM series with a
+missing slice as a shorter volume with a recomputed (wrong) spacing, saying so only in a C++
+warning. These checks turn both into one `InputError` naming the file and what is missing.
+"""
+
+from __future__ import annotations
+
+import gzip
+import struct
+import zlib
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from napari_clipmed.errors import InputError
+
+_CHUNK = 1 << 22
+
+
+def _nifti_expected_bytes(header: bytes) -> tuple[int, int] | None:
+    """(data offset, data bytes) from a NIfTI-1 or NIfTI-2 header, or None when it is not one."""
+    for order in "<>":
+        if len(header) >= 348 and struct.unpack(order + "i", header[:4])[0] == 348:
+            dims = struct.unpack(order + "8h", header[40:56])
+            bitpix = struct.unpack(order + "h", header[72:74])[0]
+            offset = int(struct.unpack(order + "f", header[108:112])[0]) or 352
+        elif len(header) >= 540 and struct.unpack(order + "i", header[:4])[0] == 540:
+            dims = struct.unpack(order + "8q", header[16:80])
+            bitpix = struct.unpack(order + "h", header[14:16])[0]
+            offset = int(struct.unpack(order + "q", header[168:176])[0]) or 544
+        else:
+            continue
+        n = int(np.prod([max(1, d) for d in dims[1 : 1 + max(0, min(int(dims[0]), 7))]], dtype=np.int64))
+        return offset, n * max(1, bitpix) // 8
+    return None
+
+
+def check_nifti_complete(path: Path) -> None:
+    """Refuse a NIfTI (.nii or .nii.gz) whose voxel data is shorter than its header says."""
+    name = path.name.lower()
+    if not (name.endswith(".nii") or name.endswith(".nii.gz")):
+        return
+    compressed = name.endswith(".gz")
+    try:
+        if compressed:
+            total, header = 0, b""
+            with gzip.open(path, "rb") as fh:
+                while chunk := fh.read(_CHUNK):
+                    if len(header) < 544:
+                        header += chunk[: 544 - len(header)]
+                    total += len(chunk)
+        else:
+            total = path.stat().st_size
+            with open(path, "rb") as fh:
+                header = fh.read(544)
+    except gzip.BadGzipFile:
+        return  # not gzip at all: SimpleITK's "cannot read" names the problem
+    except (EOFError, zlib.error) as err:
+        raise InputError(f"{path} is truncated or corrupt: the compressed data ends early ({err})") from None
+    expected = _nifti_expected_bytes(header)
+    if expected is None:
+        return  # not a NIfTI header: SimpleITK's own error names the problem
+    offset, data = expected
+    if total < offset + data:
+        missing = offset + data - total
+        raise InputError(
+            f"{path} is truncated: its header promises {data:,} bytes of voxels after byte {offset}, but "
+            f"{missing:,} bytes ({100 * missing / max(data, 1):.0f}% of the voxels) are missing; copy the file again"
+        )
+
+
+def check_finite(array: np.ndarray, source: str) -> None:
+    """Refuse NaN or infinite voxels (they would reach patches as undefined pixel values)."""
+    if array.dtype.kind == "f" and array.size:
+        bad = int(array.size - np.count_nonzero(np.isfinite(array)))
+        if bad:
+            raise InputError(
+                f"{source} holds {bad:,} NaN or infinite voxel(s) of {array.size:,}"
+                + (" (all of them)" if bad == array.size else "")
+                + "; replace them (e.g. with -1024 HU, air) before running"
+            )
+
+
+def check_slice_positions(
+    positions: Sequence[Sequence[float]], direction: Sequence[float], folder: Path, files: Sequence[str]
+) -> None:
+    """Refuse a DICOM series whose slices are not evenly spaced along the slice normal (a missing,
+    unreadable or duplicated slice), naming the gap."""
+    if len(positions) < 3:
+        return
+    normal = np.asarray(direction, dtype=np.float64).reshape(3, 3)[:, 2]
+    along = np.asarray(positions, dtype=np.float64) @ normal
+    steps = np.diff(along)
+    median = float(np.median(np.abs(steps)))
+    if median <= 0:
+        raise InputError(f"DICOM series in {folder}: several slices share one position; is a series duplicated?")
+    off = np.flatnonzero(np.abs(np.abs(steps) - median) > 0.1 * median + 1e-3)
+    if off.size:
+        i = int(off[0])
+        gap = abs(float(steps[i]))
+        what = f"about {gap / median - 1:.0f} slice(s) missing" if gap > median else "slices closer than the rest"
+        raise InputError(
+            f"DICOM series in {folder} is not evenly spaced: {gap:.2f} mm between {Path(files[i]).name} and "
+            f"{Path(files[i + 1]).name} against {median:.2f} mm elsewhere ({what}); "
+            "a slice is missing or unreadable, so positions and spacing would be wrong"
+        )
