@@ -197,13 +197,18 @@ class ImageReadResult:
 
 
 def read_image(path: str | os.PathLike) -> np.ndarray:
-    """One image as an H x W x 3 uint8 RGB array (Pillow; tifffile for TIFFs Pillow cannot decode)."""
+    """One image as an H x W x 3 uint8 RGB array (Pillow; tifffile for TIFFs Pillow cannot decode).
+
+    16-bit and greyscale images follow the encoder's rule (`models.images.to_rgb8`).
+    """
     from PIL import Image
+
+    from napari_clipmed.models.images import pil_pixels, to_rgb8
 
     path = Path(path)
     try:
         with Image.open(path) as im:
-            return np.asarray(im.convert("RGB"))
+            return to_rgb8(pil_pixels(im))
     except Exception as pil_err:
         if path.suffix.lower() not in (".tif", ".tiff"):
             raise
@@ -213,11 +218,7 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
             arr = tifffile.imread(path)
         except Exception:
             raise pil_err from None
-    if arr.ndim == 2:
-        arr = np.repeat(arr[:, :, None], 3, axis=2)
-    if arr.ndim != 3 or arr.shape[2] not in (3, 4) or arr.dtype != np.uint8:
-        raise ValueError(f"unsupported TIFF layout {arr.shape} {arr.dtype}")
-    return np.ascontiguousarray(arr[:, :, :3])
+    return to_rgb8(arr)
 
 
 def iter_read_images(paths: Sequence[str | os.PathLike], every: int = 64) -> ProgressGenerator[ImageReadResult]:

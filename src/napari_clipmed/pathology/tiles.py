@@ -48,6 +48,8 @@ class Tiles:
 
 def read_slide_level(path: str | Path, level: int = 0) -> np.ndarray:
     """Pixels (H, W, 3) uint8 of pyramid `level` (0 = full resolution) of an SVS/TIFF, or of a PNG/JPEG."""
+    from napari_clipmed.models.images import pil_pixels, to_rgb8
+
     path = Path(path)
     if not path.is_file():
         raise InputError(f"no such image file: {path}")
@@ -60,11 +62,11 @@ def read_slide_level(path: str | Path, level: int = 0) -> np.ndarray:
 
         try:
             with Image.open(path) as im:
-                array = np.asarray(im.convert("RGB"))
+                array = pil_pixels(im)
         except (UnidentifiedImageError, OSError) as err:
-            raise InputError(f"cannot read {path.name} as an image: {err}") from err
-    if array.ndim == 3 and array.shape[-1] == 4:
-        array = array[..., :3]
+            raise InputError(f"cannot read {path.name} as an image: {err}") from None
+    if array.dtype != np.uint8 or array.ndim == 2 or array.shape[-1] in (1, 4):
+        array = to_rgb8(array)  # 16-bit / grey / RGBA by the encoder's rule
     if array.ndim != 3 or array.shape[-1] != 3 or array.dtype != np.uint8:
         raise InputError(f"{path.name} level {level} is not an 8-bit RGB image (shape {array.shape}, {array.dtype})")
     return np.ascontiguousarray(array)
