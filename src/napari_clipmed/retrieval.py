@@ -375,8 +375,11 @@ class EmbeddingIndex:
                 emb = data["embeddings"]
                 labels = data["labels"] if "labels" in data.files else None
                 ids = data["ids"] if "ids" in data.files else None
-        except (OSError, ValueError, KeyError) as err:
-            if isinstance(err, InputError):
-                raise
-            raise InputError(f"cannot read the index file {path}: {err}") from err
+        except InputError:
+            raise
+        except Exception as err:  # noqa: BLE001 - truncated zip, pickled or foreign .npz: one message
+            raise InputError(
+                f"cannot read the index file {path}: it is truncated, corrupt or not an index saved by "
+                f"napari-clipmed (--save-index) ({type(err).__name__})"
+            ) from None
         return cls(emb, labels=labels, ids=ids, model_id=meta.get("model_id"))
