@@ -15,6 +15,7 @@ from pathlib import Path
 from napari_clipmed.commands._checks import preflight
 from napari_clipmed.commands._progress import StderrProgress
 from napari_clipmed.errors import InputError
+from napari_clipmed.io.runfolder import RunFolder
 
 DEFAULT_MODEL = "openai-vit-b-16"
 
@@ -142,12 +143,13 @@ def _ct_eval(args: argparse.Namespace) -> int:
     model = model_from_args(args)
     printer = StderrProgress(args.quiet)
     case_dir = Path(args.out) / "cases" if args.save_montages else None
-    try:
-        result = run_generator(iter_evaluate_cohort(args.cohort, model, cfg, positive, args.bootstrap, args.seed,
-                                                    case_dir=case_dir), printer)
-    finally:
-        printer.close()
-    files = result.save(args.out)
+    with RunFolder(args.out, command="ct-eval"):
+        try:
+            result = run_generator(iter_evaluate_cohort(args.cohort, model, cfg, positive, args.bootstrap, args.seed,
+                                                        case_dir=case_dir), printer)
+        finally:
+            printer.close()
+        files = result.save(args.out)
     m = result.metrics()
     print(f"{m['n_scored']} of {m['n_cases']} cases scored ({m['n_positive']} {positive}); "
           f"AUROC {result.auroc:.3f} (95% CI {result.ci_low:.3f}-{result.ci_high:.3f}, {args.bootstrap} bootstrap resamples)")

@@ -73,9 +73,13 @@ def run(args: argparse.Namespace) -> int:
         lock_image=args.lock_image, lock_text=args.lock_text, templates=args.templates,
         augment=args.augment, text_temperature=args.text_temperature,
     )
+    from napari_clipmed.dapt.state import CONFIG_FILE
+    from napari_clipmed.io.runfolder import RunFolder
+
     job = iter_train(args.model, args.manifest, config, args.out, resume=not args.no_resume,
                      weights=args.weights, device=args.device)
-    result = run_generator(job, StderrProgress(args.quiet, stage=lambda m: m.split(", step ")[0]))
+    with RunFolder(args.out, CONFIG_FILE, command="dapt", defer_status=True):  # lock; a crash is recorded as failed
+        result = run_generator(job, StderrProgress(args.quiet, stage=lambda m: m.split(", step ")[0]))
     print(result.to_frame().to_string(index=False, float_format=lambda v: f"{v:.4f}"))
     print(f"checkpoint: {result.checkpoint}")
     print(f"load it with: --model local --weights {result.checkpoint}")

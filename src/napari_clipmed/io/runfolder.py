@@ -77,15 +77,20 @@ class RunFolder:
     """Hold the run lock on `folder` and keep its status file accurate (see module docstring)."""
 
     def __init__(
-        self, folder: str | os.PathLike[str], status_file: str = STATUS_FILE, *, command: str = "", wait: bool = False
+        self, folder: str | os.PathLike[str], status_file: str = STATUS_FILE, *, command: str = "", wait: bool = False,
+        defer_status: bool = False,
     ) -> None:
         self.folder = Path(folder)
         self.status_path = self.folder / status_file
         self.command = command
         self.wait = wait
+        self.defer_status = defer_status  # True: the status is first written by `begin()` (after checks that may refuse)
         self._fd: int | None = None
+        self._recorded = False
+        self._created = False
 
     def __enter__(self) -> RunFolder:
+        self._created = not self.folder.exists()
         self.folder.mkdir(parents=True, exist_ok=True)
         fd = os.open(self.folder / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o666)
         try:
@@ -100,8 +105,14 @@ class RunFolder:
                 f"another run{who} is writing to {self.folder}; wait for it to finish or choose another output folder"
             ) from None
         self._fd = fd
-        self.set("running", started=_now(), pid=os.getpid(), command=self.command, reason=None)
+        if not self.defer_status:
+            self.begin()
         return self
+
+    def begin(self) -> None:
+        """Record "running": from now on the status file describes this run."""
+        self._recorded = True
+        self.set("running", started=_now(), pid=os.getpid(), command=self.command, reason=None)
 
     def set(self, status: str, **fields: object) -> None:
         """Record `status` (and `fields`) in the status file, keeping what else it holds."""
@@ -115,7 +126,9 @@ class RunFolder:
         self, kind: type[BaseException] | None, err: BaseException | None, tb: TracebackType | None
     ) -> None:
         try:
-            if kind is None:
+            if not (self._recorded or _read_json(self.status_path).get("status") == "running"):
+                pass  # refused before it began: the folder's status still describes the earlier run
+            elif kind is None:
                 if _read_json(self.status_path).get("status") == "running":
                     self.set("complete", reason=None)
             elif issubclass(kind, (KeyboardInterrupt, GeneratorExit)):
@@ -124,6 +137,10 @@ class RunFolder:
                 self.set("failed", reason=str(err) or kind.__name__)
         finally:
             if self._fd is not None:
+                if self._created and not self.status_path.exists():  # refused before it began: leave nothing
+                    (self.folder / LOCK_FILE).unlink(missing_ok=True)
+                    with contextlib.suppress(OSError):
+                        self.folder.rmdir()
                 os.close(self._fd)  # releases the lock
                 self._fd = None
 
