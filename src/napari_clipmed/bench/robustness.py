@@ -33,7 +33,6 @@ from napari_clipmed.bench import report
 from napari_clipmed.bench.tasks import (
     LoadedTiles,
     iter_load_tiles,
-    model_identity,
     tileset_prompts,
     zeroshot_scores,
 )
@@ -48,7 +47,7 @@ from napari_clipmed.retrieval import EmbeddingIndex
 if TYPE_CHECKING:
     import pandas as pd
 
-    from napari_clipmed.models.loader import ClipModel
+    from napari_clipmed.models.model import ClipModel
 
 PARTIAL = "results.partial.csv"
 RESULTS = "results.csv"
@@ -268,7 +267,7 @@ def _preflight(images: Sequence[np.ndarray], corruptions: Sequence[str], severit
 
 @dataclass
 class _ModelState:
-    model: object
+    model: ClipModel
     identity: str
     classifier: object
     index: EmbeddingIndex
@@ -300,7 +299,7 @@ def iter_run_robustness(tileset: TileSet, config: RobustnessConfig) -> ProgressG
     done = 0
     # models first: a missing checkpoint fails before any long work
     models = cfg.load_models()
-    identities = {name: model_identity(m) for name, m in models.items()}
+    identities = {name: m.identity for name, m in models.items()}
 
     loaded: LoadedTiles = yield from _relay(iter_load_tiles(tileset), 0, total, "reading tiles")
     tiles = loaded.tileset
@@ -353,7 +352,7 @@ def _run_locked(folder: RunFolder, cfg: RobustnessConfig, tileset: TileSet, load
     reused = sorted(finished)
     # the folder now describes this run: every finished row in the partial file, no stale final outputs
     folder.begin()
-    report.atomic_write(out / PARTIAL, lambda tmp: tmp.write_text(_rows_text([r for v in kept.values() for r in v], True)))
+    report.write_text(out / PARTIAL, _rows_text([r for v in kept.values() for r in v], True))
     for stale in [out / RESULTS, out / "summary.md"]:
         stale.unlink(missing_ok=True)
     info = {"fingerprint": fingerprint, "models": {**old_ids, **identities}, "status": "running", "version": __version__,

@@ -1,1 +1,4 @@
-"""Readers and writers shared by every operation: atomic writes, output-path checks, run folders."""
+"""Input and output that every operation shares: the one atomic-write helper (`io.atomic`).
+
+Kept light: importing this package loads nothing heavy; import the submodules.
+"""
