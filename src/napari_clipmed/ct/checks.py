@@ -20,55 +20,70 @@ from napari_clipmed.errors import InputError
 _CHUNK = 1 << 22
 
 
-def _nifti_expected_bytes(header: bytes) -> tuple[int, int] | None:
-    """(data offset, data bytes) from a NIfTI-1 or NIfTI-2 header, or None when it is not one."""
+_FLOAT_CODES = {16: "f4", 64: "f8"}  # NIfTI datatype codes of float voxels
+
+
+def _nifti_layout(header: bytes) -> tuple[int, int, np.dtype | None] | None:
+    """(data offset, data bytes, float dtype or None) from a NIfTI-1/2 header, or None when it is not one."""
     for order in "<>":
         if len(header) >= 348 and struct.unpack(order + "i", header[:4])[0] == 348:
             dims = struct.unpack(order + "8h", header[40:56])
-            bitpix = struct.unpack(order + "h", header[72:74])[0]
+            code, bitpix = struct.unpack(order + "2h", header[70:74])
             offset = int(struct.unpack(order + "f", header[108:112])[0]) or 352
         elif len(header) >= 540 and struct.unpack(order + "i", header[:4])[0] == 540:
             dims = struct.unpack(order + "8q", header[16:80])
-            bitpix = struct.unpack(order + "h", header[14:16])[0]
+            code, bitpix = struct.unpack(order + "2h", header[12:16])
             offset = int(struct.unpack(order + "q", header[168:176])[0]) or 544
         else:
             continue
         n = int(np.prod([max(1, d) for d in dims[1 : 1 + max(0, min(int(dims[0]), 7))]], dtype=np.int64))
-        return offset, n * max(1, bitpix) // 8
+        dtype = np.dtype(order + _FLOAT_CODES[code]) if code in _FLOAT_CODES else None
+        return offset, n * max(1, bitpix) // 8, dtype
     return None
 
 
-def check_nifti_complete(path: Path) -> None:
-    """Refuse a NIfTI (.nii or .nii.gz) whose voxel data is shorter than its header says."""
+def check_nifti(path: Path) -> None:
+    """Refuse a NIfTI (.nii or .nii.gz) whose voxel data is shorter than its header says, or whose
+    float voxels hold NaN/inf (SimpleITK's NIfTI reader turns those into zeros without a word)."""
     name = path.name.lower()
     if not (name.endswith(".nii") or name.endswith(".nii.gz")):
         return
-    compressed = name.endswith(".gz")
+    opener = gzip.open if name.endswith(".gz") else open
+    total, header, layout, bad, carry = 0, b"", None, 0, b""
     try:
-        if compressed:
-            total, header = 0, b""
-            with gzip.open(path, "rb") as fh:
-                while chunk := fh.read(_CHUNK):
-                    if len(header) < 544:
-                        header += chunk[: 544 - len(header)]
-                    total += len(chunk)
-        else:
-            total = path.stat().st_size
-            with open(path, "rb") as fh:
-                header = fh.read(544)
+        with opener(path, "rb") as fh:
+            while chunk := fh.read(_CHUNK):
+                if layout is None and len(header) < 544:
+                    header += chunk[: 544 - len(header)]
+                    layout = _nifti_layout(header) if len(header) >= 540 or total + len(chunk) < 544 else None
+                if layout is not None and layout[2] is not None:  # count non-finite float voxels as they stream by
+                    offset, size, dtype = layout
+                    lo, hi = max(offset - total, 0), min(offset + size - total, len(chunk))
+                    if hi > lo:
+                        data = carry + chunk[lo:hi]
+                        usable = len(data) - len(data) % dtype.itemsize
+                        bad += int(np.count_nonzero(~np.isfinite(np.frombuffer(data[:usable], dtype))))
+                        carry = data[usable:]
+                total += len(chunk)
     except gzip.BadGzipFile:
         return  # not gzip at all: SimpleITK's "cannot read" names the problem
     except (EOFError, zlib.error) as err:
         raise InputError(f"{path} is truncated or corrupt: the compressed data ends early ({err})") from None
-    expected = _nifti_expected_bytes(header)
-    if expected is None:
+    layout = layout or _nifti_layout(header)
+    if layout is None:
         return  # not a NIfTI header: SimpleITK's own error names the problem
-    offset, data = expected
+    offset, data, dtype = layout
     if total < offset + data:
         missing = offset + data - total
         raise InputError(
             f"{path} is truncated: its header promises {data:,} bytes of voxels after byte {offset}, but "
             f"{missing:,} bytes ({100 * missing / max(data, 1):.0f}% of the voxels) are missing; copy the file again"
+        )
+    if bad:
+        n = data // dtype.itemsize
+        raise InputError(
+            f"{path} holds {bad:,} NaN or infinite voxel(s) of {n:,}" + (" (all of them)" if bad == n else "")
+            + "; replace them (e.g. with -1024 HU, air) before running"
         )
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from napari_clipmed.ct.checks import check_finite, check_nifti_complete, check_slice_positions
+from napari_clipmed.ct.checks import check_finite, check_nifti, check_slice_positions
 from napari_clipmed.errors import InputError
 
 IDENTITY_DIRECTION: tuple[float, ...] = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0)
@@ -114,7 +114,7 @@ def read_ct(path: str | os.PathLike, series_id: str | None = None) -> CTVolume:
     if path.is_dir():
         image = _read_dicom_series(path, series_id)
     else:
-        check_nifti_complete(path)
+        check_nifti(path)
         try:
             image = sitk.ReadImage(str(path))
         except RuntimeError as err:
