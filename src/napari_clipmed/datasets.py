@@ -206,18 +206,28 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
     from napari_clipmed.models.images import pil_pixels, to_rgb8
 
     path = Path(path)
-    try:
-        with Image.open(path) as im:
-            return to_rgb8(pil_pixels(im))
-    except Exception as pil_err:
-        if path.suffix.lower() not in (".tif", ".tiff"):
-            raise
-        import tifffile
-
+    with warnings.catch_warnings():  # Pillow's warnings about a damaged file: the error says it
+        warnings.simplefilter("ignore")
         try:
-            arr = tifffile.imread(path)
-        except Exception:
-            raise pil_err from None
+            with Image.open(path) as im:
+                return to_rgb8(pil_pixels(im))
+        except Exception as pil_err:
+            if path.suffix.lower() not in (".tif", ".tiff"):
+                raise
+            import logging
+
+            import tifffile
+
+            quiet = logging.getLogger("tifffile")
+            previous, quiet.disabled = quiet.disabled, True
+            try:
+                arr = tifffile.imread(path)
+            except Exception:
+                raise pil_err from None
+            finally:
+                quiet.disabled = previous
+            if arr.ndim < 2 or arr.size == 0:
+                raise pil_err from None
     return to_rgb8(arr)
 
 

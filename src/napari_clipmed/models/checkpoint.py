@@ -60,6 +60,12 @@ def _weights_file_in(folder: Path) -> Path:
     return files[0]
 
 
+def _first_line(err: BaseException) -> str:
+    """The first line of an error, unless it is torch's advice to unpickle untrusted files."""
+    text = str(err).splitlines()[0][:200] if str(err) else ""
+    return "" if not text or "weights_only" in text or "weights only" in text.lower() else f": {text}"
+
+
 def _load_file(path: Path) -> object:
     try:
         if path.suffix == ".safetensors":
@@ -75,14 +81,14 @@ def _load_file(path: Path) -> object:
     except CheckpointError:
         raise
     except Exception as err:  # noqa: BLE001 - every reader failure means the same to the user
-        if "weights only" in str(err).lower() or "weights_only" in str(err):  # never pass torch's unsafe advice on
+        if "unsupported global" in str(err).lower():  # never pass torch's "weights_only=False" advice on
             raise CheckpointError(
                 f"cannot read checkpoint {path}: it holds Python objects besides tensors (a pickled model or "
                 "training state?); napari-clipmed loads tensors only, so save model.state_dict() instead"
             ) from None
         raise CheckpointError(
             f"cannot read checkpoint {path}: the file is corrupt, truncated or not a model checkpoint "
-            f"({type(err).__name__}: {str(err).splitlines()[0][:200] if str(err) else 'no details'})"
+            f"({type(err).__name__}{_first_line(err)})"
         ) from None
 
 

@@ -73,8 +73,12 @@ def pil_pixels(image: object) -> np.ndarray:
             return array.astype(np.uint16)
         raise InputError("32-bit integer images are not supported; save as 8- or 16-bit")
     if mode in ("1", "L", "RGB", "RGBA", "F"):
-        return np.asarray(image)
-    return np.asarray(image.convert("RGBA" if "A" in mode or "transparency" in image.info else "RGB"))  # type: ignore[attr-defined]
+        array = np.asarray(image)
+    else:
+        array = np.asarray(image.convert("RGBA" if "A" in mode or "transparency" in image.info else "RGB"))  # type: ignore[attr-defined]
+    if array.ndim < 2 or array.size == 0:
+        raise ValueError("no pixels could be decoded (a damaged or unsupported file)")
+    return array
 
 
 def to_rgb8(image: np.ndarray) -> np.ndarray:
