@@ -15,9 +15,7 @@ from napari_clipmed.commands._progress import StderrProgress
 
 
 def _templates(text: str) -> tuple[str, ...]:
-    from napari_clipmed.zeroshot import check_templates
-
-    return check_templates([t.strip() for t in text.split(";") if t.strip()], source="--templates")
+    return tuple(t.strip() for t in text.split(";") if t.strip())
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -65,7 +63,10 @@ def run(args: argparse.Namespace) -> int:
     from napari_clipmed.dapt.train import iter_train
     from napari_clipmed.progress import run_generator
 
+    from napari_clipmed.zeroshot import check_templates
+
     preflight(args, out_dir=args.out)
+    check_templates(args.templates, source="--templates")
     config = DaptConfig(
         epochs=args.epochs, batch_size=args.batch_size, grad_accum_steps=args.grad_accum, lr=args.lr,
         weight_decay=args.weight_decay, warmup_steps=args.warmup_steps, precision=args.precision,
