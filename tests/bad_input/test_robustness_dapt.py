@@ -137,3 +137,24 @@ def test_dapt_bad_templates_and_output_are_one_line(cli, tmp_path: Path, a_file:
     assert code == 2
     one_line_error(err, "dapt", "--seed must be 0 or more")
     assert tree(tmp_path / "run") == []
+
+
+def test_dapt_crash_on_a_truncated_image_is_recorded_as_failed(cli, tmp_path: Path, tile_folder: Path) -> None:
+    images = sorted(tile_folder.rglob("*.png"))[:4]
+    cut = tmp_path / "cut.png"
+    big = tmp_path / "big.png"
+    from PIL import Image
+
+    Image.effect_noise((64, 64), 60).convert("RGB").save(big)
+    cut.write_bytes(big.read_bytes()[: big.stat().st_size // 2])  # the header (size) passes the pre-check
+    manifest = tmp_path / "pairs.csv"
+    rows = [f"{p},tile {i}" for i, p in enumerate(images)] + [f"{cut},damaged tile"]
+    manifest.write_text("image,text\n" + "\n".join(rows) + "\n", encoding="utf-8")
+    out = tmp_path / "run"
+    code, _, err = cli("dapt", manifest, "--model", "tiny-random", "--out", out, "--epochs", "1", "--batch-size", "5",
+                       "--val-fraction", "0", "--quiet", "--device", "cpu")
+    assert code == 2
+    one_line_error(err, "dapt", "cut.png", "rerun to resume")
+    status = read_status(out, "dapt-config.json")
+    assert status["status"] == "failed" and "cut.png" in status["reason"]
+    assert not is_locked(out)
