@@ -224,3 +224,22 @@ def test_doc_snippet_runs(where: str, code: str, why: str | None, tmp_path: Path
     (tmp_path / SVS.name).symlink_to(SVS)  # the docs name the sample files as if they were in the working folder
     (tmp_path / HE.name).symlink_to(HE)
     exec(compile(code, where, "exec"), {"__name__": "__snippet__"})  # noqa: S102 - our own documentation
+
+
+@pytest.mark.parametrize(
+    ("text", "needle"),
+    [
+        ("classes: [tumour, stroma\n", "not valid YAML/JSON"),
+        ('{"classes": 5}', "classes must be a list of names or a mapping"),
+        ("- a\n- b\n", "must be a mapping"),
+        ("classes: [tumour, stroma]\ntemplates: ['a {} and {}']\n", "needs a {}"),
+    ],
+)
+def test_malformed_preset_files(cli, tmp_path: Path, tile_folder: Path, text: str, needle: str) -> None:
+    preset = tmp_path / "prompts.yaml"
+    preset.write_text(text, encoding="utf-8")
+    code, _, err = cli("zeroshot", "--data", tile_folder, "--model", "tiny-random", "--preset", preset,
+                       "--out", tmp_path / "z.csv")
+    assert code == 2
+    one_line_error(err, "zeroshot", needle)
+    assert not (tmp_path / "z.csv").exists()
