@@ -75,6 +75,7 @@ class RobustnessConfig:
     # registry model loads that model from PATH; any other label loads PATH as a "local" model
     # (e.g. a DAPT result), so several checkpoints can be compared in one run.
     weights: dict[str, Path] = field(default_factory=dict)
+    store_dir: Path | None = None  # a shared embedding store (`clipmed embed`) used instead of the cache
 
     def resolved(self) -> RobustnessConfig:
         """A copy with "all" expanded, "LABEL=PATH" model entries split, and every field checked."""
@@ -130,7 +131,7 @@ class RobustnessConfig:
         return RobustnessConfig(
             models, corr, sev, ks, self.preset, tuple(self.templates) if self.templates else None, int(self.seed),
             self.batch_size, Path(self.out_dir), self.weights_dir, self.cache_dir, self.use_cache, self.device,
-            weights,
+            weights, store_dir=self.store_dir,
         )
 
     def to_dict(self) -> dict[str, object]:
@@ -339,6 +340,10 @@ def _run_locked(folder: RunFolder, cfg: RobustnessConfig, tileset: TileSet, load
         )
 
     cache = EmbeddingCache(cfg.cache_dir) if cfg.use_cache else None
+    if cfg.store_dir is not None:
+        from napari_clipmed.models.store import EmbeddingStore
+
+        cache = EmbeddingStore(cfg.store_dir)
     old_ids = previous.get("models", {})
     kept = _complete_conditions(rows, expected)  # finished work is never deleted: a changed grid extends the run
     changed = sorted({k[0] for k in kept if k[0] in identities and old_ids.get(k[0]) != identities[k[0]]})
