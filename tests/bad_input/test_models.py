@@ -146,3 +146,9 @@ def test_convert_output_paths(cli, tmp_path: Path, a_file: Path) -> None:
     code, _, err = cli("convert", tmp_path / "missing", a_file / "out.pt")
     assert code == 2
     one_line_error(err, "convert", "which is a file, not a folder")
+
+
+def test_embed_store_path_is_checked_first(cli, tmp_path: Path, a_file: Path, tile_folder: Path) -> None:
+    code, _, err = cli("embed", tile_folder, "--store", a_file / "store", "--model", "no-such-model")
+    assert code == 2
+    one_line_error(err, "embed", "which is a file, not a folder")
