@@ -10,7 +10,12 @@ import pytest
 import torch
 from PIL import Image
 
-from napari_clipmed.errors import CheckpointError, CheckpointMismatchError, InputError, WeightsNotFoundError
+from napari_clipmed.errors import (
+    CheckpointError,
+    CheckpointMismatchError,
+    InputError,
+    WeightsNotFoundError,
+)
 from napari_clipmed.models.cache import EmbeddingCache
 from napari_clipmed.models.checkpoint import read_checkpoint
 from napari_clipmed.models.loader import load_model

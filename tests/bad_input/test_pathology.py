@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
 
@@ -113,7 +112,7 @@ def test_retiling_at_another_size_leaves_no_stale_tiles(cli, tmp_path: Path, he_
     assert cli("tile", he_crop, "--size", "64", "--min-tissue", "0", "--out", out)[0] == 0
     listed = set(np.genfromtxt(out / "tiles.csv", delimiter=",", dtype=str, skip_header=1)[:, 0])
     assert {p.name for p in out.glob("*.png")} == listed and len(listed) == 2
-    with Image.open(out / sorted(listed)[0]) as im:
+    with Image.open(out / min(listed)) as im:
         assert im.size == (64, 64)
 
 
@@ -177,7 +176,7 @@ def test_zeroshot_skips_a_one_pixel_tile_and_names_it(cli, tmp_path: Path, tile_
         for p in sorted((tile_folder / cls).glob("*.png"))[:2]:
             (data / cls / p.name).write_bytes(p.read_bytes())
     Image.new("RGB", (1, 1)).save(data / "tumour" / "dot.png")
-    code, out, err = cli("zeroshot", "--data", data, "--model", "tiny-random", "--out", tmp_path / "z.csv", "--quiet")
+    code, _, err = cli("zeroshot", "--data", data, "--model", "tiny-random", "--out", tmp_path / "z.csv", "--quiet")
     assert code == 0, err
     assert "dot.png" in err and "Traceback" not in err and "warnings.warn" not in err
     assert re.search(r"clipmed zeroshot: warning: skipped 1 unreadable", err)

@@ -11,11 +11,21 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from napari_clipmed.bench.robustness import PARTIAL, RESULTS, RobustnessConfig, run_robustness
+from napari_clipmed.bench.robustness import (
+    PARTIAL,
+    RESULTS,
+    RobustnessConfig,
+    run_robustness,
+)
 from napari_clipmed.datasets import load_tileset
 from napari_clipmed.errors import InputError
 from napari_clipmed.io.atomic import atomic_write, write_json
-from napari_clipmed.io.runfolder import RunFolder, defer_interrupts, is_locked, read_status
+from napari_clipmed.io.runfolder import (
+    RunFolder,
+    defer_interrupts,
+    is_locked,
+    read_status,
+)
 
 from .conftest import one_line_error, tree
 

@@ -46,7 +46,7 @@ def check_nifti(path: Path) -> None:
     """Refuse a NIfTI (.nii or .nii.gz) whose voxel data is shorter than its header says, or whose
     float voxels hold NaN/inf (SimpleITK's NIfTI reader turns those into zeros without a word)."""
     name = path.name.lower()
-    if not (name.endswith(".nii") or name.endswith(".nii.gz")):
+    if not name.endswith((".nii", ".nii.gz")):
         return
     opener = gzip.open if name.endswith(".gz") else open
     total, header, layout, bad, carry = 0, b"", None, 0, b""

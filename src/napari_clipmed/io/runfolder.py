@@ -89,7 +89,7 @@ class RunFolder:
         self._recorded = False
         self._created = False
 
-    def __enter__(self) -> RunFolder:
+    def __enter__(self) -> RunFolder:  # noqa: PYI034
         self._created = not self.folder.exists()
         self.folder.mkdir(parents=True, exist_ok=True)
         fd = os.open(self.folder / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o666)
