@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+import warnings
 from collections.abc import Sequence
 
 from napari_clipmed import __version__
@@ -42,14 +43,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 1
+
+    def one_line(message, category, filename, lineno, file=None, line=None) -> None:  # no source location
+        print(f"clipmed {args.command}: warning: {message}", file=sys.stderr)
+
+    shown = warnings.showwarning
+    warnings.showwarning = one_line
     try:
         return int(args.func(args) or 0)
     except ClipmedError as err:
-        print(f"clipmed {args.command}: error: {err}", file=sys.stderr)
+        print(f"clipmed {args.command}: error: {' '.join(str(err).split())}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"clipmed {args.command}: interrupted", file=sys.stderr)
         return 130
+    finally:
+        warnings.showwarning = shown
 
 
 if __name__ == "__main__":

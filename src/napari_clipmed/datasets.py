@@ -10,7 +10,6 @@ warning with the count), so one broken tile never silently aborts a long benchma
 from __future__ import annotations
 
 from collections.abc import Sequence
-import csv
 from dataclasses import dataclass, field
 import os
 from pathlib import Path
@@ -130,13 +129,13 @@ def load_manifest(path: str | os.PathLike) -> TileSet:
     path = Path(path)
     if not path.is_file():
         raise InputError(f"manifest {path} does not exist")
-    with path.open(newline="", encoding="utf-8-sig") as fh:
-        reader = csv.DictReader(fh)
-        header = {(name or "").strip().lower(): name for name in (reader.fieldnames or [])}
-        missing = [c for c in ("path", "label") if c not in header]
-        if missing:
-            raise InputError(f"manifest {path} lacks column(s) {', '.join(missing)}; its header must start path,label[,split]")
-        rows = list(reader)
+    from napari_clipmed.io.tables import check_unique, read_csv_rows
+
+    fieldnames, rows = read_csv_rows(path, "manifest")
+    header = {(name or "").strip().lower(): name for name in fieldnames}
+    missing = [c for c in ("path", "label") if c not in header]
+    if missing:
+        raise InputError(f"manifest {path} lacks column(s) {', '.join(missing)}; its header must start path,label[,split]")
     if not rows:
         raise InputError(f"manifest {path} lists no images")
     paths, names, split = [], [], []
@@ -148,6 +147,7 @@ def load_manifest(path: str | os.PathLike) -> TileSet:
         names.append(label)
         if "split" in header:
             split.append((row.get(header["split"]) or "").strip())
+    check_unique(((i + 2, str(p.resolve()), n) for i, (p, n) in enumerate(zip(paths, names))), f"manifest {path}")
     class_names = sorted(set(names))
     codes = {name: i for i, name in enumerate(class_names)}
     return TileSet(paths, np.array([codes[n] for n in names]), class_names, split if "split" in header else None, path)
@@ -197,27 +197,38 @@ class ImageReadResult:
 
 
 def read_image(path: str | os.PathLike) -> np.ndarray:
-    """One image as an H x W x 3 uint8 RGB array (Pillow; tifffile for TIFFs Pillow cannot decode)."""
+    """One image as an H x W x 3 uint8 RGB array (Pillow; tifffile for TIFFs Pillow cannot decode).
+
+    16-bit and greyscale images follow the encoder's rule (`models.images.to_rgb8`).
+    """
     from PIL import Image
 
-    path = Path(path)
-    try:
-        with Image.open(path) as im:
-            return np.asarray(im.convert("RGB"))
-    except Exception as pil_err:
-        if path.suffix.lower() not in (".tif", ".tiff"):
-            raise
-        import tifffile
+    from napari_clipmed.models.images import pil_pixels, to_rgb8
 
+    path = Path(path)
+    with warnings.catch_warnings():  # Pillow's warnings about a damaged file: the error says it
+        warnings.simplefilter("ignore")
         try:
-            arr = tifffile.imread(path)
-        except Exception:
-            raise pil_err from None
-    if arr.ndim == 2:
-        arr = np.repeat(arr[:, :, None], 3, axis=2)
-    if arr.ndim != 3 or arr.shape[2] not in (3, 4) or arr.dtype != np.uint8:
-        raise ValueError(f"unsupported TIFF layout {arr.shape} {arr.dtype}")
-    return np.ascontiguousarray(arr[:, :, :3])
+            with Image.open(path) as im:
+                return to_rgb8(pil_pixels(im))
+        except Exception as pil_err:
+            if path.suffix.lower() not in (".tif", ".tiff"):
+                raise
+            import logging
+
+            import tifffile
+
+            quiet = logging.getLogger("tifffile")
+            previous, quiet.disabled = quiet.disabled, True
+            try:
+                arr = tifffile.imread(path)
+            except Exception:
+                raise pil_err from None
+            finally:
+                quiet.disabled = previous
+            if arr.ndim < 2 or arr.size == 0:
+                raise pil_err from None
+    return to_rgb8(arr)
 
 
 def iter_read_images(paths: Sequence[str | os.PathLike], every: int = 64) -> ProgressGenerator[ImageReadResult]:

@@ -455,7 +455,7 @@ class EmbeddingIndex:
         if not path.is_file():
             raise InputError(f"no index file at {path}")
         try:
-            with np.load(path, allow_pickle=False) as data:
+            with open(path, "rb") as fh, np.load(fh, allow_pickle=False) as data:  # our handle: closed on a bad zip too
                 meta = json.loads(str(data["meta"]))
                 if meta.get("format") != _FORMAT:
                     raise InputError(f"{path} is not a napari-clipmed embedding index")
@@ -463,10 +463,13 @@ class EmbeddingIndex:
                 labels = data["labels"] if "labels" in data.files else None
                 ids = data["ids"] if "ids" in data.files else None
                 ivf = data["ivf"] if "ivf" in data.files else None
-        except (OSError, ValueError, KeyError) as err:
-            if isinstance(err, InputError):
-                raise
-            raise InputError(f"cannot read the index file {path}: {err}") from err
+        except InputError:
+            raise
+        except Exception as err:  # noqa: BLE001 - truncated zip, pickled or foreign .npz: one message
+            raise InputError(
+                f"cannot read the index file {path}: it is truncated, corrupt or not an index saved by "
+                f"napari-clipmed (--save-index) ({type(err).__name__})"
+            ) from None
         index = cls(emb, labels=labels, ids=ids, model_id=meta.get("model_id"))
         if ivf is not None and faiss_available():
             index._ivf = _ivf_from_array(ivf)

@@ -8,6 +8,8 @@ image's class probabilities are the softmax of `logit_scale` times its cosine si
 from __future__ import annotations
 
 import os
+import re
+import string
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from importlib import resources
@@ -30,6 +32,39 @@ DOCUMENT_SUFFIXES = (".yaml", ".yml", ".json")
 PromptSource: TypeAlias = Union["PromptSet", Mapping[str, Any], Sequence[str], str, "os.PathLike[str]"]
 
 
+def check_templates(templates: Sequence[str], source: str = "templates") -> tuple[str, ...]:
+    """The non-empty templates, each with exactly one `{}` (where the class name goes); else one InputError."""
+    temps = tuple(t for t in templates if t.strip())
+    if not temps:
+        raise InputError(f"{source}: at least one prompt template is needed, e.g. 'an H&E image of {{}}.'")
+    for t in temps:
+        try:
+            fields = [f for _, f, _, _ in string.Formatter().parse(t) if f is not None]
+        except ValueError as err:
+            raise InputError(f"{source}: template {t!r} has unbalanced braces ({err})") from None
+        if fields != [""]:
+            raise InputError(
+                f"{source}: template {t!r} needs a {{}} where the class name goes (exactly one, and no other braces)"
+            )
+    return temps
+
+
+def _class_key(name: str) -> str:
+    return re.sub(r"[\W_]+", "", name.casefold())
+
+
+def check_class_names(names: Sequence[str], source: str = "classes") -> None:
+    """Refuse class names that differ only in case, spaces or punctuation (one InputError naming them)."""
+    seen: dict[str, str] = {}
+    for name in names:
+        key = _class_key(name)
+        if not key:
+            raise InputError(f"{source}: class name {name!r} has no letters or digits")
+        if key in seen:
+            raise InputError(f"{source}: classes {seen[key]!r} and {name!r} differ only in case or punctuation")
+        seen[key] = name
+
+
 @dataclass(frozen=True)
 class PromptSet:
     """Classes (each with one or more names) and the templates that turn names into prompts."""
@@ -44,22 +79,22 @@ class PromptSet:
         """Build from a list of class names or a mapping class -> name(s)."""
         if isinstance(classes, str):
             classes = [c.strip() for c in classes.split(",")]
+        if not isinstance(classes, (Mapping, Sequence)) or (
+            isinstance(classes, Mapping) and not all(isinstance(v, (str, list, tuple)) for v in classes.values())
+        ):
+            raise InputError(f"classes must be a list of names or a mapping class -> name(s), got {classes!r}")
         if isinstance(classes, Mapping):
             table = {str(k): (v,) if isinstance(v, str) else tuple(v) for k, v in classes.items()}
         else:
             table = {str(c): (str(c),) for c in classes}
         table = {k.strip(): tuple(n.strip() for n in v if n.strip()) for k, v in table.items() if k.strip()}
+        check_class_names(list(table))
         if len(table) < 2:
             raise InputError(f"zero-shot classification needs at least two classes, got {list(table) or 'none'}")
         empty = [k for k, v in table.items() if not v]
         if empty:
             raise InputError(f"classes without any name: {', '.join(empty)}")
-        temps = tuple(t for t in (templates or DEFAULT_TEMPLATES) if t.strip())
-        if not temps:
-            raise InputError("at least one prompt template is needed, e.g. 'an H&E image of {}.'")
-        bad = [t for t in temps if "{}" not in t]
-        if bad:
-            raise InputError(f"every template needs a {{}} where the class name goes; these lack it: {bad}")
+        temps = check_templates(templates or DEFAULT_TEMPLATES)
         return cls(classes=table, templates=temps, name=name)
 
     @classmethod

@@ -80,7 +80,7 @@ def test_end_to_end_resume_and_reference_values(tile_root: Path, tmp_path: Path)
             break
     gen.close()
     assert (out / PARTIAL).is_file() and not (out / "results.csv").exists() and not (out / "summary.md").exists()
-    assert json.loads((out / "run.json").read_text())["status"] == "running"
+    assert json.loads((out / "run.json").read_text())["status"] == "interrupted"  # the lock is gone with the run
 
     steps = []
     result = run_robustness(ts, _config(out), on_progress=steps.append)

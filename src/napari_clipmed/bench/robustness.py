@@ -38,6 +38,8 @@ from napari_clipmed.bench.tasks import (
 )
 from napari_clipmed.datasets import TileSet
 from napari_clipmed.errors import InputError
+from napari_clipmed.io.atomic import atomic_dir
+from napari_clipmed.io.runfolder import RunFolder, defer_interrupts
 from napari_clipmed.metrics import retrieval_metrics
 from napari_clipmed.progress import Progress, ProgressCallback, ProgressGenerator, forward, run_generator
 from napari_clipmed.retrieval import EmbeddingIndex
@@ -111,6 +113,21 @@ class RobustnessConfig:
             raise InputError(f"k values must be positive, got {list(self.ks)}")
         if self.batch_size < 1:
             raise InputError(f"batch size must be at least 1, got {self.batch_size}")
+        if int(self.seed) < 0:
+            raise InputError(f"seed must be 0 or more, got {self.seed}")
+        if self.templates:
+            from napari_clipmed.zeroshot import check_templates
+
+            check_templates(self.templates)
+        if self.device:
+            from napari_clipmed.models.device import check_device
+
+            check_device(self.device)
+        from napari_clipmed.io.paths import check_output_dir
+
+        check_output_dir(self.out_dir)
+        if self.use_cache and self.cache_dir is not None:
+            check_output_dir(self.cache_dir, "cache folder")
         return RobustnessConfig(
             models, corr, sev, ks, self.preset, tuple(self.templates) if self.templates else None, int(self.seed),
             self.batch_size, Path(self.out_dir), self.weights_dir, self.cache_dir, self.use_cache, self.device,
@@ -264,9 +281,6 @@ def _condition_rows(cond: Condition, values: dict[str, float], n: int) -> list[d
 
 def iter_run_robustness(tileset: TileSet, config: RobustnessConfig) -> ProgressGenerator[RobustnessResult]:
     """Run the grid (see module docstring); yields `Progress` per condition and returns the result."""
-    from napari_clipmed.models.cache import EmbeddingCache
-    from napari_clipmed.zeroshot import ZeroShotClassifier
-
     cfg = config.resolved()
     tileset.require_classes(2, "the robustness benchmark (zero-shot classification)")
     prompts, columns = tileset_prompts(tileset.class_names, cfg.preset, cfg.templates)
@@ -288,6 +302,19 @@ def iter_run_robustness(tileset: TileSet, config: RobustnessConfig) -> ProgressG
     done += 1
     yield Progress(done, total, f"read {len(tiles)} tiles ({len(loaded.failed)} unreadable)")
 
+    with RunFolder(out, "run.json", command="robustness", defer_status=True) as folder:
+        return (yield from _run_locked(folder, cfg, tileset, loaded, prompts, columns, models, identities, done, total))
+
+
+def _run_locked(folder: RunFolder, cfg: RobustnessConfig, tileset: TileSet, loaded: LoadedTiles, prompts, columns,
+                models: dict, identities: dict[str, str], done: int, total: int) -> ProgressGenerator[RobustnessResult]:
+    """The grid under the folder's run lock: reuse finished conditions, compute the rest, write the outputs."""
+    from napari_clipmed.models.cache import EmbeddingCache
+    from napari_clipmed.zeroshot import ZeroShotClassifier
+
+    out = cfg.out_dir
+    tiles = loaded.tileset
+    n_sev = [s for s in cfg.severities if s > 0]
     expected = metric_names(cfg.ks)
     fingerprint = _fingerprint(cfg, tiles, repr(prompts))
     run_path = out / "run.json"
@@ -308,22 +335,27 @@ def iter_run_robustness(tileset: TileSet, config: RobustnessConfig) -> ProgressG
 
         cache = EmbeddingStore(cfg.store_dir)
     old_ids = previous.get("models", {})
-    finished = {k: v for k, v in _complete_conditions(rows, expected).items()
-                if k[0] in identities and old_ids.get(k[0]) == identities[k[0]]}
+    kept = _complete_conditions(rows, expected)  # finished work is never deleted: a changed grid extends the run
+    changed = sorted({k[0] for k in kept if k[0] in identities and old_ids.get(k[0]) != identities[k[0]]})
+    if changed:
+        raise InputError(
+            f"{out} holds results of model(s) {', '.join(changed)} computed with other weights; "
+            "choose another output folder, or give those checkpoints other labels"
+        )
     wanted = {(m, c, s) for m in cfg.models for c in cfg.corruptions for s in cfg.severities}
-    finished = {k: v for k, v in finished.items() if k in wanted}
+    finished = {k: v for k, v in kept.items() if k in wanted}
     reused = sorted(finished)
-    # the folder now describes this run: finished rows in the partial file, no stale final outputs
-    out.mkdir(parents=True, exist_ok=True)
-    report.write_text(out / PARTIAL, _rows_text([r for v in finished.values() for r in v], True))
+    # the folder now describes this run: every finished row in the partial file, no stale final outputs
+    folder.begin()
+    report.write_text(out / PARTIAL, _rows_text([r for v in kept.values() for r in v], True))
     for stale in [out / RESULTS, out / "summary.md"]:
         stale.unlink(missing_ok=True)
-    info = {"fingerprint": fingerprint, "models": identities, "status": "running", "version": __version__,
+    info = {"fingerprint": fingerprint, "models": {**old_ids, **identities}, "status": "running", "version": __version__,
             "config": cfg.to_dict(), "tiles": {"source": str(tileset.source), "n_readable": len(tiles),
                                                "n_unreadable": len(loaded.failed), "classes": tiles.counts()},
             "prompts": {"name": prompts.name, "classes": {k: list(v) for k, v in prompts.classes.items()},
                         "templates": list(prompts.templates)}}
-    report.write_text(run_path, json.dumps(info, indent=2))
+    folder.set("running", **{k: v for k, v in info.items() if k != "status"})
     if loaded.failed:
         import pandas as pd
 
@@ -373,32 +405,46 @@ def iter_run_robustness(tileset: TileSet, config: RobustnessConfig) -> ProgressG
                 done += 1
                 yield Progress(done, total, msg)
 
-    return _finish(out, cfg, info, loaded.failed, computed, reused, expected)
+    return _finish(folder, cfg, info, loaded.failed, computed, reused, expected)
 
 
-def _finish(out: Path, cfg: RobustnessConfig, info: dict, failed: list, computed: list, reused: list,
+def _finish(folder: RunFolder, cfg: RobustnessConfig, info: dict, failed: list, computed: list, reused: list,
             expected: list[str]) -> RobustnessResult:
-    """All conditions are in the partial file: write the final outputs, then drop the partial file."""
+    """All conditions are in the partial file: write the final outputs, then drop the partial file.
+
+    Plots are built in a temporary folder; the last step (results, summary, status, removing the
+    partial file) runs with Ctrl-C held back, so the folder is never left half-final.
+    """
     import pandas as pd
 
+    out = folder.folder
     groups = _complete_conditions(_read_rows(out / PARTIAL), expected)
     missing = [(m, c, s) for m in cfg.models for c in cfg.corruptions for s in cfg.severities if (m, c, s) not in groups]
     if missing:
         raise InputError(f"{len(missing)} conditions are missing from {out / PARTIAL} (e.g. {missing[0]}); rerun to finish")
-    records = [r for m in cfg.models for c in cfg.corruptions for s in cfg.severities for r in groups[(m, c, s)]]
+    order = {name: i for i, name in enumerate([*cfg.models, *info["models"]])}
+    corr = {name: i for i, name in enumerate([*cfg.corruptions, *sorted({k[1] for k in groups})])}
+    keys = sorted(groups, key=lambda k: (order.get(k[0], len(order)), corr[k[1]], k[2]))
+    records = [r for key in keys for r in groups[key]]
     frame = pd.DataFrame(records, columns=report.TIDY_COLUMNS)
     frame = frame.astype({"severity": int, "value": float, "n": int})
-    files = {"results": report.write_csv(frame, out / RESULTS)}
     headline = ["zeroshot_balanced_accuracy", f"retrieval_majority@{cfg.ks[-1]}"]
-    run_info = {"models": ", ".join(cfg.models), "corruptions": ", ".join(cfg.corruptions),
-                "severities": ", ".join(map(str, cfg.severities)), "tiles": info["tiles"]["n_readable"],
+    run_info = {"models": ", ".join(dict.fromkeys(k[0] for k in keys)),
+                "corruptions": ", ".join(dict.fromkeys(k[1] for k in keys)),
+                "severities": ", ".join(map(str, sorted({k[2] for k in keys}))), "tiles": info["tiles"]["n_readable"],
                 "classes": ", ".join(f"{k} ({v})" for k, v in info["tiles"]["classes"].items()),
                 "prompts": info["prompts"]["name"], "seed": cfg.seed}
-    files["summary"] = report.write_text(out / "summary.md", report.summary_markdown(frame, run_info, headline, failed))
-    for path in report.write_plots(frame, out / "plots"):
-        files[f"plot:{path.stem}"] = path
-    report.write_text(out / "run.json", json.dumps({**info, "status": "complete"}, indent=2))
-    (out / PARTIAL).unlink(missing_ok=True)
+    summary = report.summary_markdown(frame, run_info, headline, failed)
+    files: dict[str, Path] = {}
+    with atomic_dir(out / "plots") as plots:
+        names = [path.name for path in report.write_plots(frame, plots)]
+    with defer_interrupts():
+        files["results"] = report.write_csv(frame, out / RESULTS)
+        files["summary"] = report.write_text(out / "summary.md", summary)
+        folder.set("complete", reason=None)
+        (out / PARTIAL).unlink(missing_ok=True)
+    for name in names:
+        files[f"plot:{Path(name).stem}"] = out / "plots" / name
     return RobustnessResult(frame, files, computed, reused, list(failed))
 
 

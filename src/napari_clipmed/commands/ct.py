@@ -12,8 +12,10 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
-from napari_clipmed.errors import InputError
+from napari_clipmed.commands._checks import preflight
 from napari_clipmed.commands._progress import CliProgress
+from napari_clipmed.errors import InputError
+from napari_clipmed.io.runfolder import RunFolder
 
 DEFAULT_MODEL = "openai-vit-b-16"
 
@@ -29,8 +31,10 @@ def config_from_args(args: argparse.Namespace):  # -> CTMontageConfig
             raise InputError(f"config file not found: {args.config}")
         try:
             data = json.loads(Path(args.config).read_text(encoding="utf-8"))
-        except json.JSONDecodeError as err:
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
             raise InputError(f"{args.config} is not a JSON config ({err})") from None
+        if not isinstance(data, dict):
+            raise InputError(f"{args.config} must hold a JSON object of settings, not a {type(data).__name__}")
         data.pop("model", None)
         cfg = CTMontageConfig.from_dict(data)
     patch = {k: v for k, v in {
@@ -48,7 +52,10 @@ def config_from_args(args: argparse.Namespace):  # -> CTMontageConfig
         "class_prompts": ct_prompts(args.classes) if args.classes else None,
         "patch_prompts": ct_prompts(args.patch_prompts) if args.patch_prompts else None,
     }.items() if v is not None}
-    cfg = replace(cfg, patch=replace(cfg.patch, **patch), **top)
+    try:
+        cfg = replace(cfg, patch=replace(cfg.patch, **patch), **top)
+    except TypeError as err:
+        raise InputError(f"CT montage settings of the wrong type ({err})") from None
     check_config(cfg)
     return cfg
 
@@ -81,7 +88,9 @@ def _ct_montage(args: argparse.Namespace) -> int:
     from napari_clipmed.ops import ct_montage as op
     from napari_clipmed.progress import run_generator
 
-    request = op.CTMontageRequest(read_ct(args.volume), config_from_args(args))  # bad input fails before the model loads
+    preflight(args, out_dir=args.out)
+    volume = read_ct(args.volume, series_id=args.series)  # bad input fails here, before the model loads
+    request = op.CTMontageRequest(volume, config_from_args(args))
     model = model_from_args(args)
     printer = CliProgress(args.quiet)
     try:
@@ -100,21 +109,32 @@ def _ct_eval(args: argparse.Namespace) -> int:
     from napari_clipmed.ct.cohort import iter_evaluate_cohort, read_cohort
     from napari_clipmed.progress import run_generator
 
+    preflight(args, out_dir=args.out)
     cfg = config_from_args(args)
+    if args.positive is not None and args.positive not in cfg.class_prompts:
+        raise InputError(f"--positive {args.positive!r} is not one of the classes: {', '.join(cfg.class_prompts)}")
+    if args.bootstrap < 1:
+        raise InputError(f"--bootstrap needs at least 1 resample, got {args.bootstrap}")
     positive = args.positive or next(iter(cfg.class_prompts))
     read_cohort(args.cohort, [positive, *[c for c in cfg.class_prompts if c != positive]])  # check before loading
-    if args.cluster:
-        result = _ct_eval_distributed(args, cfg, positive)
-    else:
-        model = model_from_args(args)
-        printer = CliProgress(args.quiet)
-        case_dir = Path(args.out) / "cases" if args.save_montages else None
-        try:
-            result = run_generator(iter_evaluate_cohort(args.cohort, model, cfg, positive, args.bootstrap, args.seed,
-                                                        case_dir=case_dir), printer)
-        finally:
-            printer.close()
-    files = result.save(args.out)
+    if args.cluster:  # a bad spec or a missing Dask fails before anything starts (or is written)
+        from napari_clipmed.distributed import ClusterSpec, require_distributed
+
+        ClusterSpec.parse(args.cluster)
+        require_distributed()
+    with RunFolder(args.out, command="ct-eval"):
+        if args.cluster:
+            result = _ct_eval_distributed(args, cfg, positive)
+        else:
+            model = model_from_args(args)
+            printer = CliProgress(args.quiet)
+            case_dir = Path(args.out) / "cases" if args.save_montages else None
+            try:
+                result = run_generator(iter_evaluate_cohort(args.cohort, model, cfg, positive, args.bootstrap,
+                                                            args.seed, case_dir=case_dir), printer)
+            finally:
+                printer.close()
+        files = result.save(args.out)
     m = result.metrics()
     print(f"{m['n_scored']} of {m['n_cases']} cases scored ({m['n_positive']} {positive}); "
           f"AUROC {result.auroc:.3f} (95% CI {result.ci_low:.3f}-{result.ci_high:.3f}, {args.bootstrap} bootstrap resamples)")
@@ -129,11 +149,9 @@ def _ct_eval_distributed(args: argparse.Namespace, cfg, positive: str):  # -> Co
     """One Dask task per case; per-case outputs in OUT/items/<case>/ (montages there with --save-montages)."""
     from napari_clipmed.commands._cluster import ItemBar, model_ref_from_args
     from napari_clipmed.ct.cohort import iter_evaluate_cohort
-    from napari_clipmed.distributed import ClusterSpec, cluster_client, require_distributed
+    from napari_clipmed.distributed import cluster_client
     from napari_clipmed.progress import run_generator
 
-    ClusterSpec.parse(args.cluster)  # a bad spec or a missing Dask fails before anything starts
-    require_distributed()
     ref = model_ref_from_args(args)
     with cluster_client(args.cluster, torch_threads=args.torch_threads) as client:
         bar = ItemBar(args.quiet, unit="case")
@@ -153,6 +171,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("volume", help="DICOM series folder, NIfTI, NRRD or MHA file")
     p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--series", help="DICOM series UID, for a folder that holds several series (the error lists them)")
     _add_pipeline_options(p)
     p.set_defaults(func=_ct_montage)
 

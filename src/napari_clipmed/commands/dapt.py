@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from napari_clipmed.commands._checks import preflight
 from napari_clipmed.commands._progress import CliProgress
 
 
@@ -62,6 +63,10 @@ def run(args: argparse.Namespace) -> int:
     from napari_clipmed.dapt.train import iter_train
     from napari_clipmed.progress import run_generator
 
+    from napari_clipmed.zeroshot import check_templates
+
+    preflight(args, out_dir=args.out)
+    check_templates(args.templates, source="--templates")
     config = DaptConfig(
         epochs=args.epochs, batch_size=args.batch_size, grad_accum_steps=args.grad_accum, lr=args.lr,
         weight_decay=args.weight_decay, warmup_steps=args.warmup_steps, precision=args.precision,
@@ -69,9 +74,13 @@ def run(args: argparse.Namespace) -> int:
         lock_image=args.lock_image, lock_text=args.lock_text, templates=args.templates,
         augment=args.augment, text_temperature=args.text_temperature,
     )
+    from napari_clipmed.dapt.state import CONFIG_FILE
+    from napari_clipmed.io.runfolder import RunFolder
+
     job = iter_train(args.model, args.manifest, config, args.out, resume=not args.no_resume,
                      weights=args.weights, device=args.device)
-    result = run_generator(job, CliProgress(args.quiet, stage=lambda m: m.split(", step ")[0]))
+    with RunFolder(args.out, CONFIG_FILE, command="dapt", defer_status=True):  # lock; a crash is recorded as failed
+        result = run_generator(job, CliProgress(args.quiet, stage=lambda m: m.split(", step ")[0]))
     print(result.to_frame().to_string(index=False, float_format=lambda v: f"{v:.4f}"))
     print(f"checkpoint: {result.checkpoint}")
     print(f"load it with: --model local --weights {result.checkpoint}")

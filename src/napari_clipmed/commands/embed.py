@@ -7,6 +7,7 @@ from pathlib import Path
 
 
 def _embed(args: argparse.Namespace) -> int:
+    from napari_clipmed.commands._checks import preflight
     from napari_clipmed.commands._cluster import ItemBar
     from napari_clipmed.commands.models import model_from_args
     from napari_clipmed.distributed import (
@@ -17,6 +18,7 @@ def _embed(args: argparse.Namespace) -> int:
     from napari_clipmed.ops.embed import EmbedRequest, iter_run
     from napari_clipmed.progress import run_generator
 
+    preflight(args, out_dir=args.store)  # device and store folder, before anything is read or loaded
     request = EmbedRequest(args.source, args.store, chunk_size=args.chunk_size, batch_size=args.batch_size,
                            split=args.split, ct=args.ct, patch=_patch_config(args) if args.ct else None)
     if args.cluster:  # a bad spec or a missing Dask fails before the model loads

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from napari_clipmed.commands._checks import preflight
 from napari_clipmed.errors import InputError
 
 
@@ -88,6 +89,7 @@ def _convert(args: argparse.Namespace) -> int:
     from napari_clipmed.models.loader import load_model
     from napari_clipmed.models.registry import get_spec
 
+    preflight(args, out_files=[(args.out, None)])
     checkpoint = read_checkpoint(args.source)
     spec = get_spec(args.model)
     if checkpoint.arch_config is not None:
@@ -105,17 +107,23 @@ def _encode(args: argparse.Namespace) -> int:
     from napari_clipmed.io.atomic import atomic_path
     from napari_clipmed.models.cache import EmbeddingCache
 
+    preflight(args, out_files=[(args.out, (".npz",))])
     paths = [Path(p) for p in args.images]
     missing = [str(p) for p in paths if not p.is_file()]
     if missing:
         raise InputError(f"{len(missing)} image files do not exist: {', '.join(missing[:5])}")
+    images = []
+    for p in paths:  # every file read before the model loads: a bad one is named, nothing is written
+        try:
+            images.append(read_image(p))
+        except Exception as err:  # noqa: BLE001 - any decoder failure means the same to the user
+            raise InputError(f"cannot read {p} as an image ({type(err).__name__}: {str(err)[:200]})") from None
     model = model_from_args(args)
-    images = [read_image(p) for p in paths]
     cache = None if args.no_cache else EmbeddingCache(args.cache_dir)
     embeddings = model.encode_images(images, batch_size=args.batch_size, cache=cache)
     out = Path(args.out)
-    with atomic_path(out) as tmp, open(tmp, "wb") as fh:
-        np.savez(fh, embeddings=embeddings, paths=np.array([str(p) for p in paths]), model=model.spec.name,
+    with atomic_path(out) as tmp, open(tmp, "wb") as handle:  # a handle: np.savez would add ".npz" to a name
+        np.savez(handle, embeddings=embeddings, paths=np.array([str(p) for p in paths]), model=model.spec.name,
                  signature=model.signature)
     print(f"wrote {embeddings.shape[0]} x {embeddings.shape[1]} embeddings to {out} ({model.device_label})")
     return 0

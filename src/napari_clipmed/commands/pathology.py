@@ -3,21 +3,27 @@
 from __future__ import annotations
 
 import argparse
+import glob
 from pathlib import Path
 
 import numpy as np
 
+from napari_clipmed.commands._checks import preflight
 from napari_clipmed.errors import InputError
 
 
-def _save_png(image: np.ndarray, out: Path) -> None:
-    """Write a PNG atomically: a temporary file in the same folder, then a rename."""
+IMAGE_FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".tif": "TIFF", ".tiff": "TIFF"}
+
+
+def _save_image(image: np.ndarray, out: Path) -> None:
+    """Write an image atomically, in the format its suffix names (PNG, JPEG or TIFF)."""
     from PIL import Image
 
     from napari_clipmed.io.atomic import atomic_path
 
+    fmt = IMAGE_FORMATS[out.suffix.lower()]
     with atomic_path(out) as tmp:
-        Image.fromarray(image).save(tmp, format="PNG")
+        Image.fromarray(image).save(tmp, format=fmt, **({"quality": 95} if fmt == "JPEG" else {}))
 
 
 def _corrupt(args: argparse.Namespace) -> int:
@@ -29,32 +35,45 @@ def _corrupt(args: argparse.Namespace) -> int:
         return 0
     if args.image is None or args.out is None:
         raise InputError("give an IMAGE and --out FILE (or --list to see the corruptions)")
+    preflight(args, out_files=[(args.out, tuple(IMAGE_FORMATS))])
     from napari_clipmed.ops.corrupt import CorruptRequest, run
     from napari_clipmed.ops.geometry import SourceImage
     from napari_clipmed.pathology.tiles import read_slide_level
 
     image = read_slide_level(args.image, args.level)
     out = run(CorruptRequest(SourceImage.of_array(image, Path(args.image).stem), args.kind, args.severity, args.seed)).pixels
-    _save_png(out, Path(args.out))
+    _save_image(out, Path(args.out))
     print(f"wrote {args.out} ({args.kind} at severity {args.severity:g}, {out.shape[1]} x {out.shape[0]} px)")
     return 0
 
 
 def _tile(args: argparse.Namespace) -> int:
     from napari_clipmed.io.atomic import write_frame
+    from napari_clipmed.io.runfolder import RunFolder
     from napari_clipmed.pathology.tiles import read_slide_level, tile_image
 
+    preflight(args, out_dir=args.out)
     image = read_slide_level(args.slide, args.level)
     tiles = tile_image(image, args.size, stride=args.stride, min_tissue=args.min_tissue)
+    if len(tiles) == 0:
+        raise InputError(
+            f"no {args.size} px tile of {Path(args.slide).name} has a tissue fraction of {args.min_tissue:g} or more; "
+            "lower --min-tissue or --size (nothing was written)"
+        )
     folder = Path(args.out)
-    names = []
-    for (row, col), pixels in zip(tiles.coords, tiles.images):
-        name = f"{Path(args.slide).stem}_r{row}_c{col}.png"
-        _save_png(pixels, folder / name)
-        names.append(name)
-    frame = tiles.to_frame()
-    frame.insert(0, "file", names)
-    write_frame(folder / "tiles.csv", frame)
+    stem = Path(args.slide).stem
+    names = [f"{stem}_r{row}_c{col}.png" for row, col in tiles.coords]
+    with RunFolder(folder, command="tile"):  # an interrupted run stays marked "interrupted" in status.json
+        (folder / "tiles.csv").unlink(missing_ok=True)  # the table lists complete runs only
+        keep = set(names)
+        for stale in folder.glob(f"{glob.escape(stem)}_r*_c*.png"):  # tiles of an earlier run at another size
+            if stale.name not in keep:
+                stale.unlink()
+        for name, pixels in zip(names, tiles.images):
+            _save_image(pixels, folder / name)
+        frame = tiles.to_frame()
+        frame.insert(0, "file", names)
+        write_frame(folder / "tiles.csv", frame)
     print(f"wrote {len(tiles)} tiles of {args.size} px and tiles.csv to {folder}")
     return 0
 
@@ -102,7 +121,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--severity", type=float, default=2.0, help=f"0 (none) to {MAX_SEVERITY}, fractions allowed")
     p.add_argument("--seed", type=int, default=0, help="seed of the markup ink (default 0)")
     p.add_argument("--level", type=int, default=0, help="pyramid level of an SVS/TIFF (default 0)")
-    p.add_argument("--out", help="output PNG")
+    p.add_argument("--out", help="output image: .png, .jpg or .tif (the suffix sets the format)")
     p.add_argument("--list", action="store_true", help="print the corruption table and exit")
     p.set_defaults(func=_corrupt)
 

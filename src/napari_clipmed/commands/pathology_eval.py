@@ -10,8 +10,9 @@ import argparse
 import sys
 from pathlib import Path
 
-from napari_clipmed.errors import InputError
+from napari_clipmed.commands._checks import preflight
 from napari_clipmed.commands._progress import CliProgress
+from napari_clipmed.errors import InputError
 
 
 def _csv_list(text: str) -> list[str]:
@@ -26,7 +27,11 @@ def _int_list(text: str) -> list[int]:
 
 
 def _templates(text: str | None) -> list[str] | None:
-    return [t.strip() for t in text.split(";") if t.strip()] if text else None
+    if text is None:
+        return None
+    from napari_clipmed.zeroshot import check_templates
+
+    return list(check_templates([t.strip() for t in text.split(";") if t.strip()], source="--templates"))
 
 
 def _tuple_or_none(items: list[str] | None) -> tuple[str, ...] | None:
@@ -102,6 +107,7 @@ def _run_robustness(args: argparse.Namespace) -> int:
     from napari_clipmed.datasets import load_tileset
     from napari_clipmed.progress import run_generator
 
+    preflight(args, out_dir=args.out)
     tileset = load_tileset(args.data)
     if args.split:
         tileset = tileset.select_split(args.split)
@@ -134,10 +140,11 @@ def _run_zeroshot(args: argparse.Namespace) -> int:
     from napari_clipmed.progress import run_generator
     from napari_clipmed.zeroshot import PromptSet
 
+    preflight(args, out_files=[(args.out, None)])
     tileset, labelled = load_images(args.data)
     templates = _templates(args.templates)
     columns = None
-    if args.preset or args.classes:
+    if args.preset or args.classes is not None:
         prompts = PromptSet.parse(args.preset or args.classes, templates)
         if labelled:
             try:
@@ -178,6 +185,9 @@ def _run_retrieve(args: argparse.Namespace) -> int:
     from napari_clipmed.ops.geometry import SourceImage
     from napari_clipmed.progress import run_generator
 
+    preflight(args, out_files=[(args.out, None), (args.save_index, (".npz",))])
+    if args.gallery.suffix.lower() == ".npz":
+        op.load_index(args.gallery)  # a bad index fails before the model loads
     model = model_from_args(args)
     printer = CliProgress(args.quiet)
     rows = None

@@ -9,7 +9,6 @@ and left out of the AUROC.
 
 from __future__ import annotations
 
-import csv
 import json
 import re
 import warnings
@@ -98,8 +97,9 @@ def read_cohort(csv_path: str | Path, class_names: Sequence[str] = ()) -> list[C
     csv_path = Path(csv_path)
     if not csv_path.is_file():
         raise InputError(f"cohort CSV not found: {csv_path}")
-    with open(csv_path, newline="", encoding="utf-8-sig") as fh:
-        rows = list(csv.DictReader(fh))
+    from napari_clipmed.io.tables import check_unique, read_csv_rows
+
+    rows = read_csv_rows(csv_path, "cohort CSV")[1]
     columns = {c.strip().lower(): c for c in (rows[0].keys() if rows else [])}
     if not rows or "path" not in columns or "label" not in columns:
         raise InputError(f"{csv_path} needs a header with 'path' and 'label' columns and at least one row")
@@ -125,6 +125,7 @@ def read_cohort(csv_path: str | Path, class_names: Sequence[str] = ()) -> list[C
         problems.append(f"{len(bad)} label(s) not understood ({allowed}): " + "; ".join(bad))
     if problems:
         raise InputError(f"cohort {csv_path.name}: " + " | ".join(problems))
+    check_unique(((i + 2, str(c.path.resolve()), str(c.label)) for i, c in enumerate(cases)), f"cohort {csv_path.name}")
     labels = {c.label for c in cases}
     if labels != {0, 1}:
         raise InputError(f"cohort {csv_path.name}: AUROC needs positive and negative cases; all labels are {labels.pop()}")

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from napari_clipmed.ct.checks import check_finite, check_nifti, check_slice_positions
 from napari_clipmed.errors import ClipmedWarning, InputError
 
 IDENTITY_DIRECTION: tuple[float, ...] = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0)
@@ -62,6 +63,7 @@ class CTVolume:
         The array is copied, so later changes to `array` do not reach the volume.
         """
         arr = _check_array(np.asarray(array), source or "array")
+        check_finite(arr, source or "the array")
         notes: list[str] = []
         spacing_zyx = _check_spacing(spacing, notes)
         hu_note = check_hu_range(arr)
@@ -112,6 +114,7 @@ def read_ct(path: str | os.PathLike, series_id: str | None = None) -> CTVolume:
     if path.is_dir():
         image = _read_dicom_series(path, series_id)
     else:
+        check_nifti(path)
         try:
             image = sitk.ReadImage(str(path))
         except RuntimeError as err:
@@ -135,6 +138,7 @@ def read_ct(path: str | os.PathLike, series_id: str | None = None) -> CTVolume:
             " - for DICOM, pass the folder that holds the whole series"
         )
     array = sitk.GetArrayFromImage(image)
+    check_finite(array, str(path))
     notes: list[str] = []
     spacing = _check_spacing(tuple(float(s) for s in image.GetSpacing()[::-1]), notes, from_file=True)
     hu_note = check_hu_range(array)
@@ -181,12 +185,26 @@ def _read_dicom_series(folder: Path, series_id: str | None):
     if series_id is None:
         if len(ids) > 1:
             raise InputError(
-                f"folder {folder} holds {len(ids)} DICOM series; choose one with series_id: {', '.join(ids)}"
+                f"folder {folder} holds {len(ids)} DICOM series; choose one with --series UID "
+                f"(series_id= in Python): {', '.join(ids)}"
             )
         series_id = ids[0]
     elif series_id not in ids:
         raise InputError(f"series {series_id!r} is not in {folder}; it holds: {', '.join(ids)}")
     files = reader.GetGDCMSeriesFileNames(str(folder), series_id)
+    positions, direction = [], None
+    for name in files:  # our own check of slice positions: ITK only warns about a gap, then respaces
+        info = sitk.ImageFileReader()
+        info.SetFileName(name)
+        try:
+            info.ReadImageInformation()
+        except RuntimeError:
+            raise InputError(f"DICOM slice {name} of the series in {folder} cannot be read; "
+                             "remove or replace it") from None
+        positions.append(info.GetOrigin())
+        direction = direction or info.GetDirection()
+    if direction is not None and len(direction) == 9:
+        check_slice_positions(positions, direction, folder, files)
     reader.SetFileNames(files)
     try:
         return reader.Execute()
@@ -214,12 +232,21 @@ def _check_spacing(
     if spacing is None:
         notes.append("no voxel spacing given; assuming 1 mm in every axis, so sizes in mm are approximate")
         return (1.0, 1.0, 1.0)
-    values = [float(s) for s in spacing]
+    try:
+        values = [float(s) for s in spacing]
+    except (TypeError, ValueError):
+        raise InputError(f"spacing needs 3 numbers (z, y, x) in mm, got {spacing!r}") from None
     if len(values) != 3:
         raise InputError(f"spacing needs 3 values (z, y, x) in mm, got {spacing}")
-    if not all(np.isfinite(v) and v > 0 for v in values):
-        notes.append(f"voxel spacing {spacing} is not positive; assuming 1 mm in every axis")
-        return (1.0, 1.0, 1.0)
+    bad = [axis for axis, v in zip("zyx", values) if not (np.isfinite(v) and v > 0)]
+    if bad and not from_file:
+        raise InputError(
+            f"spacing {tuple(spacing)} (z, y, x mm) must be positive and finite; check the {', '.join(bad)} value(s)"
+        )
+    if bad:  # keep the valid axes of a file's spacing, assume 1 mm only where it is invalid
+        values = [v if axis not in bad else 1.0 for axis, v in zip("zyx", values)]
+        notes.append(f"voxel spacing {tuple(spacing)} is not positive along {', '.join(bad)}; assuming 1 mm there")
+        return (values[0], values[1], values[2])
     if from_file and values == [1.0, 1.0, 1.0]:
         notes.append(
             "voxel spacing reads as exactly 1 mm in every axis, which is what readers report when the file "

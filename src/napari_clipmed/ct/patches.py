@@ -247,15 +247,32 @@ def extract_patches(
                    cat[3].astype(np.int64), cat[4].astype(np.float64), shape_px)
 
 
-def check_patch_config(cfg: PatchConfig, volume: CTVolume) -> None:
-    """Raise `InputError` for impossible settings, including a patch larger than the volume's slices."""
+def _is_number(value: object) -> bool:
+    return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool)
+
+
+def check_patch_config(cfg: PatchConfig, volume: CTVolume | None = None) -> None:
+    """Raise `InputError` for impossible settings, including (given a volume) a patch larger than its slices."""
+    for name in ("size_mm", "stride_mm", "slice_stride_mm", "min_lung_fraction"):
+        value = getattr(cfg, name)
+        if value is None and name == "slice_stride_mm":
+            continue
+        if not _is_number(value) or not np.isfinite(value):
+            raise InputError(f"{name} must be a finite number, got {value!r}")
     if not cfg.size_mm > 0 or not cfg.stride_mm > 0:
         raise InputError(f"patch size and stride must be positive mm, got {cfg.size_mm} and {cfg.stride_mm}")
     if cfg.slice_stride_mm is not None and not cfg.slice_stride_mm > 0:
         raise InputError(f"slice stride must be positive mm, got {cfg.slice_stride_mm}")
+    if isinstance(cfg.axes, str) or not all(isinstance(a, str) for a in cfg.axes):
+        raise InputError(f"axes must be a list of axis names ({', '.join(AXES)}), got {cfg.axes!r}")
     unknown = [a for a in cfg.axes if a not in AXES]
     if unknown or not cfg.axes:
         raise InputError(f"unknown slice axes {unknown or '(none)'}; choose from {', '.join(AXES)}")
+    if len(set(cfg.axes)) != len(cfg.axes):
+        raise InputError(f"each slice axis may be given once (every patch would be scored twice), got {list(cfg.axes)}")
+    pairs = (cfg.windows or (cfg.window,))
+    if not all(len(w) == 2 and all(_is_number(v) and np.isfinite(v) for v in w) for w in pairs):
+        raise InputError(f"windows are (width, level) pairs of finite HU values, got {list(pairs)}")
     if not 0.0 <= cfg.min_lung_fraction <= 1.0:
         raise InputError(f"min_lung_fraction must lie in 0..1, got {cfg.min_lung_fraction}")
     if cfg.windows is not None and len(cfg.windows) != 3:
@@ -263,6 +280,8 @@ def check_patch_config(cfg: PatchConfig, volume: CTVolume) -> None:
     for width, _ in (cfg.windows or (cfg.window,)):
         if not width > 0:
             raise InputError(f"window width must be positive, got {width}")
+    if volume is None:
+        return
     spacing = np.asarray(volume.spacing)
     for name in cfg.axes:
         a = AXES.index(name)

@@ -59,6 +59,26 @@ class CTMontageConfig:
     pad: int = 2
     batch_size: int = 64
 
+    def check(self) -> CTMontageConfig:
+        """Raise one `InputError` for a setting of the wrong type or range (before any work); return self."""
+        check_patch_config(self.patch)
+        labels = {"k": "k (patches in the montage)", "cell_size": "montage cell size", "pad": "pad", "batch_size": "batch size"}
+        for name, label in labels.items():
+            value, least = getattr(self, name), 0 if name == "pad" else 1
+            if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < least:
+                raise InputError(f"{label} must be at least {least} (a whole number), got {value!r}")
+        dist = self.min_distance_mm
+        if dist is not None and (not isinstance(dist, (int, float)) or isinstance(dist, bool) or not np.isfinite(dist)
+                                 or dist < 0):
+            raise InputError(f"min_distance_mm must be a finite number of mm (0 or more), got {dist!r}")
+        for key in ("patch_prompts", "class_prompts"):
+            table = getattr(self, key)
+            if not isinstance(table, dict) or not all(
+                isinstance(k, str) and v and all(isinstance(p, str) for p in v) for k, v in table.items()
+            ):
+                raise InputError(f"{key} must map class names to phrases, got {table!r}")
+        return self
+
     @property
     def nms_distance_mm(self) -> float:
         return self.patch.size_mm if self.min_distance_mm is None else float(self.min_distance_mm)
@@ -74,6 +94,18 @@ class CTMontageConfig:
         if unknown:
             raise InputError(f"unknown CT montage settings: {', '.join(sorted(unknown))}")
         values = dict(data)
+        try:
+            return cls._from_values(values).check()
+        except (TypeError, ValueError, AttributeError) as err:
+            if isinstance(err, InputError):
+                raise
+            raise InputError(f"CT montage settings of the wrong type or shape ({err})") from None
+
+    @classmethod
+    def _from_values(cls, values: dict) -> CTMontageConfig:
+        for key in ("patch", "lung"):
+            if key in values and not isinstance(values[key], dict):
+                raise InputError(f"CT montage setting {key!r} must be a mapping, got {values[key]!r}")
         if "patch" in values and isinstance(values["patch"], dict):
             p = dict(values["patch"])
             p["axes"] = tuple(p.get("axes", ("axial",)))
@@ -171,9 +203,7 @@ def iter_run_ct_montage(
 
     Pass `mask` to use your own lung mask (e.g. edited in napari) instead of `lung_mask`.
     """
-    cfg = config or CTMontageConfig()
-    if cfg.k < 1:
-        raise InputError(f"k must be at least 1, got {cfg.k}")
+    cfg = (config or CTMontageConfig()).check()
     check_patch_config(cfg.patch, volume)  # cheap checks before the lung mask
     yield Progress(0, 1, "lung mask")
     if mask is None:

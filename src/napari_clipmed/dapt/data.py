@@ -205,7 +205,15 @@ class ImageStore:
     def get(self, index: int) -> np.ndarray:
         if index in self._cache:
             return self._cache[index]
-        image = to_hwc(read_image(self.paths[index]), index)
+        try:
+            image = to_hwc(read_image(self.paths[index]), index)
+        except Exception as err:  # noqa: BLE001 - a file that passed the header check but cannot be decoded
+            if isinstance(err, InputError):
+                raise
+            raise InputError(
+                f"cannot read image {self.paths[index]} ({type(err).__name__}: {str(err)[:150]}); "
+                "fix or remove it from the manifest, then rerun to resume"
+            ) from None
         if self._used + image.nbytes <= self.budget:
             self._cache[index] = image
             self._used += image.nbytes

@@ -16,6 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
+from napari_clipmed.errors import InputError
+
 CACHE_DIR_ENV = "CLIPMED_CACHE_DIR"
 
 
@@ -61,10 +63,17 @@ class EmbeddingCache:
         if self._conn is None:
             self.folder.mkdir(parents=True, exist_ok=True)
             conn = sqlite3.connect(self.path, timeout=60.0, check_same_thread=False)
-            conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute("PRAGMA synchronous=NORMAL")
-            conn.execute("CREATE TABLE IF NOT EXISTS embeddings (key TEXT PRIMARY KEY, data BLOB NOT NULL)")
-            conn.commit()
+            try:
+                conn.execute("PRAGMA journal_mode=WAL")
+                conn.execute("PRAGMA synchronous=NORMAL")
+                conn.execute("CREATE TABLE IF NOT EXISTS embeddings (key TEXT PRIMARY KEY, data BLOB NOT NULL)")
+                conn.commit()
+            except sqlite3.DatabaseError as err:
+                conn.close()
+                raise InputError(
+                    f"the embedding cache {self.path} is damaged ({err}); delete that file (it only holds cached "
+                    "embeddings, recomputed on the next run) or run with --no-cache"
+                ) from None
             self._conn = conn
         return self._conn
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from napari_clipmed.errors import CheckpointError, CheckpointMismatchError
+from napari_clipmed.errors import CheckpointError, CheckpointMismatchError, WeightsNotFoundError
 from napari_clipmed.io.atomic import atomic_path
 from napari_clipmed.models.convert import (
     convert_hf_state_dict,
@@ -33,6 +33,8 @@ _PREFERRED_FILES = (
     "pytorch_model.bin",
 )
 _OPENAI_EXTRA_KEYS = ("input_resolution", "context_length", "vocab_size")
+_FINAL_FILES = ("dapt-final.pt",)  # a DAPT run folder: the final model, never an epoch or the resume state
+_NOT_MODELS = ("dapt-state.pt",)
 
 
 @dataclass
@@ -46,13 +48,22 @@ class Checkpoint:
 
 
 def _weights_file_in(folder: Path) -> Path:
-    for name in _PREFERRED_FILES:
+    for name in (*_FINAL_FILES, *_PREFERRED_FILES):
         if (folder / name).is_file():
             return folder / name
-    files = sorted(p for p in folder.iterdir() if p.suffix in _WEIGHT_SUFFIXES)
+    files = sorted(p for p in folder.iterdir() if p.suffix in _WEIGHT_SUFFIXES and p.name not in _NOT_MODELS)
     if not files:
         raise CheckpointError(f"no checkpoint file ({', '.join(_WEIGHT_SUFFIXES)}) in folder {folder}")
+    if len(files) > 1:  # e.g. the epoch checkpoints of an unfinished DAPT run: do not guess
+        names = ", ".join(p.name for p in files[:5]) + (" ..." if len(files) > 5 else "")
+        raise CheckpointError(f"folder {folder} holds {len(files)} checkpoints ({names}); name one file with --weights")
     return files[0]
+
+
+def _first_line(err: BaseException) -> str:
+    """The first line of an error, unless it is torch's advice to unpickle untrusted files."""
+    text = str(err).splitlines()[0][:200] if str(err) else ""
+    return "" if not text or "weights_only" in text or "weights only" in text.lower() else f": {text}"
 
 
 def _load_file(path: Path, trusted_pickle: bool = False) -> object:
@@ -75,9 +86,14 @@ def _load_file(path: Path, trusted_pickle: bool = False) -> object:
     except CheckpointError:
         raise
     except Exception as err:  # noqa: BLE001 - every reader failure means the same to the user
+        if "unsupported global" in str(err).lower():  # never pass torch's "weights_only=False" advice on
+            raise CheckpointError(
+                f"cannot read checkpoint {path}: it holds Python objects besides tensors (a pickled model or "
+                "training state?); napari-clipmed loads tensors only, so save model.state_dict() instead"
+            ) from None
         raise CheckpointError(
             f"cannot read checkpoint {path}: the file is corrupt, truncated or not a model checkpoint "
-            f"({type(err).__name__}: {str(err).splitlines()[0][:200] if str(err) else 'no details'})"
+            f"({type(err).__name__}{_first_line(err)})"
         ) from None
 
 
@@ -100,6 +116,8 @@ def read_checkpoint(path: str | os.PathLike[str], *, trusted_pickle: bool = Fals
     registry models that publish one (OmiCLIP), never for arbitrary files.
     """
     path = Path(path)
+    if not path.exists():
+        raise WeightsNotFoundError(f"checkpoint not found: {path}")
     hf_config = None
     if path.is_dir():
         hf_config = read_hf_config(path)

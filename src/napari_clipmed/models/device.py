@@ -7,13 +7,33 @@ from typing import Literal
 
 import torch
 
+from napari_clipmed.errors import InputError
+
 Precision = Literal["auto", "fp32", "fp16", "bf16"]
 
 
+def check_device(device: str | torch.device) -> torch.device:
+    """`device` as a torch device, or one `InputError` when it is unknown or not present here."""
+    try:
+        target = torch.device(device)
+    except (RuntimeError, TypeError, ValueError):
+        raise InputError(f"unknown device {str(device)!r}; use cpu, cuda (or cuda:N) or mps") from None
+    if target.type == "cuda" and not torch.cuda.is_available():
+        raise InputError(f"device {str(device)!r} asked for, but this machine has no usable CUDA GPU; use --device cpu")
+    if target.type == "cuda" and target.index is not None and target.index >= torch.cuda.device_count():
+        raise InputError(f"device {str(device)!r}: there are only {torch.cuda.device_count()} CUDA GPU(s)")
+    mps = getattr(torch.backends, "mps", None)
+    if target.type == "mps" and not (mps is not None and mps.is_available()):
+        raise InputError("device 'mps' asked for, but Apple MPS is not available here; use --device cpu")
+    if target.type not in ("cpu", "cuda", "mps"):
+        raise InputError(f"unsupported device {str(device)!r}; use cpu, cuda (or cuda:N) or mps")
+    return target
+
+
 def pick_device(device: str | torch.device | None = None) -> torch.device:
-    """`device` if given, else the best one present: CUDA, then Apple MPS, then CPU."""
+    """`device` if given (checked), else the best one present: CUDA, then Apple MPS, then CPU."""
     if device is not None:
-        return torch.device(device)
+        return check_device(device)
     if torch.cuda.is_available():
         return torch.device("cuda")
     mps = getattr(torch.backends, "mps", None)

@@ -7,6 +7,8 @@ Conversion rules (documented in docs/models.md):
 - dtype: uint8 / 255, uint16 / 65535, other integers by their dtype's maximum, bool as 0/1,
   floats are taken to be in [0, 1] and clipped (window CT to [0, 1] or uint8 first).
   NaN or infinite pixels are an error.
+Files are read by the same rule (`pil_pixels` keeps a 16-bit PNG's depth, `to_rgb8` applies the
+dtype scaling above and then x255), so a 16-bit greyscale tile is not clipped to white.
 """
 
 from __future__ import annotations
@@ -48,13 +50,48 @@ def to_hwc(image: np.ndarray, index: int = 0) -> np.ndarray:
         image = image[:, :, :3]
     elif channels not in (1, 3):
         raise InputError(f"image {index} has {channels} channels: expected 1 (grey), 3 (RGB) or 4 (RGBA)")
-    if image.shape[0] < 2 or image.shape[1] < 2:
+    if image.shape[0] < MIN_SIDE or image.shape[1] < MIN_SIDE:
         raise InputError(f"image {index} is {image.shape[0]} x {image.shape[1]} pixels: too small to encode")
     if image.dtype.kind == "f" and not np.isfinite(image).all():
         raise InputError(f"image {index} contains NaN or infinite values")
     if image.dtype.kind not in "biuf":
         raise InputError(f"image {index} has dtype {image.dtype}: expected an integer, bool or float array")
     return image
+
+
+MIN_SIDE = 2  # smallest image side the encoder accepts
+
+
+def pil_pixels(image: object) -> np.ndarray:
+    """A Pillow image's pixels in their own depth: 16-bit stays uint16 (Pillow's RGB conversion clips it)."""
+    mode = image.mode  # type: ignore[attr-defined]
+    if mode.startswith("I;16"):
+        return np.asarray(image).astype(np.uint16)
+    if mode == "I":  # 32-bit integers; a 16-bit PNG opens so in some Pillow versions
+        array = np.asarray(image)
+        if array.size and array.min() >= 0 and array.max() <= 65535:
+            return array.astype(np.uint16)
+        raise InputError("32-bit integer images are not supported; save as 8- or 16-bit")
+    if mode in ("1", "L", "RGB", "RGBA", "F"):
+        array = np.asarray(image)
+    else:
+        array = np.asarray(image.convert("RGBA" if "A" in mode or "transparency" in image.info else "RGB"))  # type: ignore[attr-defined]
+    if array.ndim < 2 or array.size == 0:
+        raise ValueError("no pixels could be decoded (a damaged or unsupported file)")
+    return array
+
+
+def to_rgb8(image: np.ndarray) -> np.ndarray:
+    """H x W x 3 uint8 by the encoder's rule (dtype scaling as documented above, then x 255, rounded)."""
+    hwc = to_hwc(image)
+    if hwc.dtype == np.uint8:
+        out = hwc
+    else:
+        scaled = hwc.astype(np.float32) / _scale(hwc.dtype)
+        out = np.rint(np.clip(scaled, 0.0, 1.0) * 255.0).astype(np.uint8)
+    if out.shape[-1] == 1:
+        out = np.repeat(out, 3, axis=-1)
+    return np.ascontiguousarray(out)
 
 
 def _scale(dtype: np.dtype) -> float:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import torch
 
-from napari_clipmed.errors import CheckpointError
+from napari_clipmed.errors import CheckpointError, CheckpointMismatchError
 from napari_clipmed.models.backends import OPEN_CLIP, get_backend
 from napari_clipmed.models.bundle import is_bundle, spec_for_bundle
 from napari_clipmed.models.checkpoint import (
@@ -70,6 +70,36 @@ def _spec_from_checkpoint(spec: ModelSpec, checkpoint: Checkpoint) -> ModelSpec:
         changes["arch_config"] = checkpoint.arch_config
         changes["image_size"] = int(checkpoint.arch_config["vision_cfg"].get("image_size", spec.image_size))
     return spec.with_changes(**changes) if changes else spec
+
+
+_ARCH_KEYS = (("embed_dim",), ("vision_cfg", "width"), ("vision_cfg", "layers"), ("vision_cfg", "patch_size"),
+              ("vision_cfg", "image_size"), ("text_cfg", "width"), ("text_cfg", "layers"))
+
+
+def _check_registry_architecture(spec: ModelSpec, checkpoint: Checkpoint) -> None:
+    """A checkpoint that records another architecture is refused under a registry name (only `local`
+    takes its architecture from the file), so outputs never name the wrong model."""
+    if spec.name == "local" or not checkpoint.meta.get("arch_config"):  # a napari-clipmed file that records its arch
+        return
+    try:
+        expected = arch_config_of(spec)
+    except CheckpointError:
+        return
+
+    def pick(config: dict | None, keys: tuple[str, ...]) -> object:
+        for key in keys:
+            config = config.get(key, {}) if isinstance(config, dict) else {}
+        return config if config != {} else None
+
+    differ = [".".join(k) for k in _ARCH_KEYS
+              if pick(expected, k) is not None and pick(checkpoint.arch_config, k) is not None
+              and pick(expected, k) != pick(checkpoint.arch_config, k)]
+    if differ:
+        saved = checkpoint.meta.get("arch") or checkpoint.meta.get("name") or "another"
+        raise CheckpointMismatchError(
+            f"checkpoint {checkpoint.path} holds a {saved} architecture, not {spec.arch} as model {spec.name!r} needs "
+            f"({', '.join(differ)} differ); load it with --model local --weights {checkpoint.path}"
+        )
 
 
 def build_module(spec: ModelSpec) -> torch.nn.Module:
@@ -151,6 +181,7 @@ def load_model(
         spec = spec_from_folder(spec, path)
     checkpoint = read_checkpoint(path, trusted_pickle=spec.trusted_pickle) if path is not None else None
     if checkpoint is not None:
+        _check_registry_architecture(spec, checkpoint)
         spec = _spec_from_checkpoint(spec, checkpoint)
     module = build_module(spec)
     if checkpoint is not None:

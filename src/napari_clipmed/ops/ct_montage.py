@@ -42,13 +42,9 @@ def ct_prompts(source: PromptSource) -> dict[str, tuple[str, ...]]:
 
 
 def check_config(cfg: CTMontageConfig) -> None:
-    """One `InputError` for the first impossible setting of a run (volume-independent checks)."""
-    if int(cfg.k) < 1:
-        raise InputError(f"k (patches in the montage) must be at least 1, got {cfg.k}")
-    if cfg.min_distance_mm is not None and cfg.min_distance_mm < 0:
-        raise InputError(f"minimum distance must be >= 0 mm, got {cfg.min_distance_mm}")
-    if int(cfg.batch_size) < 1:
-        raise InputError(f"batch size must be at least 1, got {cfg.batch_size}")
+    """One `InputError` for the first impossible setting of a run (volume-independent checks):
+    types and ranges (`CTMontageConfig.check`), then what a montage needs."""
+    cfg.check()
     if int(cfg.cell_size) < 8:
         raise InputError(f"montage cell size must be at least 8 px, got {cfg.cell_size}")
     if not cfg.patch_prompts:

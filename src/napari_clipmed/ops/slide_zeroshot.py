@@ -243,7 +243,8 @@ def write_heatmap(path: Path, result: SlideZeroShotResult) -> None:
     with tifffile.TiffWriter(path) as tw:
         for k, level in enumerate(levels):
             res = 1e4 / (um * 2**k)  # pixels per cm
-            tw.write(level, photometric="minisblack", planarconfig="separate", subifds=len(levels) - 1 if k == 0 else None, subfiletype=1 if k else 0,
+            tw.write(level, photometric="minisblack", planarconfig="separate",
+                     subifds=len(levels) - 1 if k == 0 else None, subfiletype=1 if k else 0,
                      metadata=meta if k == 0 else None, resolution=(res, res), resolutionunit="CENTIMETER")
 
 

@@ -12,6 +12,8 @@ The work is done once, on float tensors (N, 3, H, W) in small chunks, by `ops` a
 from __future__ import annotations
 
 import math
+import sys
+import types
 from collections.abc import Sequence
 from typing import TypeVar
 
@@ -202,3 +204,14 @@ def _check_size(spec: Corruption, severity: float, h: int, w: int) -> None:
             )
     elif spec.name == "markup" and min(h, w) < markup.MIN_SIDE:
         raise InputError(f"markup needs images of at least {markup.MIN_SIDE} x {markup.MIN_SIDE} px; got {h} x {w}")
+
+
+class _CallableModule(types.ModuleType):
+    """`from napari_clipmed.pathology import corrupt` may give this module (once it is imported, the
+    package attribute is the submodule): calling it calls `corrupt`, so the documented call works."""
+
+    def __call__(self, *args, **kwargs):  # noqa: ANN002, ANN003, ANN204
+        return corrupt(*args, **kwargs)
+
+
+sys.modules[__name__].__class__ = _CallableModule

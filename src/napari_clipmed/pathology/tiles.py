@@ -48,6 +48,8 @@ class Tiles:
 
 def read_slide_level(path: str | Path, level: int = 0) -> np.ndarray:
     """Pixels (H, W, 3) uint8 of pyramid `level` (0 = full resolution) of an SVS/TIFF, or of a PNG/JPEG."""
+    from napari_clipmed.models.images import pil_pixels, to_rgb8
+
     path = Path(path)
     if not path.is_file():
         raise InputError(f"no such image file: {path}")
@@ -60,19 +62,30 @@ def read_slide_level(path: str | Path, level: int = 0) -> np.ndarray:
 
         try:
             with Image.open(path) as im:
-                array = np.asarray(im.convert("RGB"))
+                array = pil_pixels(im)
         except (UnidentifiedImageError, OSError) as err:
-            raise InputError(f"cannot read {path.name} as an image: {err}") from err
-    if array.ndim == 3 and array.shape[-1] == 4:
-        array = array[..., :3]
+            raise InputError(f"cannot read {path.name} as an image: {err}") from None
+    if array.dtype != np.uint8 or array.ndim == 2 or array.shape[-1] in (1, 4):
+        array = to_rgb8(array)  # 16-bit / grey / RGBA by the encoder's rule
     if array.ndim != 3 or array.shape[-1] != 3 or array.dtype != np.uint8:
         raise InputError(f"{path.name} level {level} is not an 8-bit RGB image (shape {array.shape}, {array.dtype})")
     return np.ascontiguousarray(array)
 
 
 def _read_tiff_level(path: Path, level: int) -> np.ndarray:
+    import logging
+
     import tifffile
 
+    quiet = logging.getLogger("tifffile")  # its log lines would come before our one-line message
+    previous, quiet.disabled = quiet.disabled, True
+    try:
+        return _read_tiff_level_quiet(path, level, tifffile)
+    finally:
+        quiet.disabled = previous
+
+
+def _read_tiff_level_quiet(path: Path, level: int, tifffile) -> np.ndarray:  # noqa: ANN001
     try:
         with tifffile.TiffFile(path) as tif:
             levels = tif.series[0].levels
@@ -97,6 +110,11 @@ def _read_tiff_level(path: Path, level: int) -> np.ndarray:
         raise InputError(f"cannot read {path.name}: {err}") from err
     except (tifffile.TiffFileError, OSError) as err:
         raise InputError(f"cannot read {path.name} as a TIFF/SVS slide: {err}") from err
+    except Exception as err:  # noqa: BLE001 - a truncated file fails in many places inside the decoder
+        raise InputError(
+            f"cannot read {path.name} as a TIFF/SVS slide: the file looks truncated or corrupt "
+            f"({type(err).__name__}: {str(err)[:150]})"
+        ) from None
 
 
 def _pillow_can_decode(page: object) -> bool:
