@@ -17,6 +17,7 @@ from napari_clipmed.models.cache import EmbeddingCache
 from napari_clipmed.models.checkpoint import Checkpoint, check_compatible, read_checkpoint, save_checkpoint
 from napari_clipmed.models.device import Precision, describe, pick_device, resolve_precision
 from napari_clipmed.models.images import ImageBatch
+from napari_clipmed.models.precision import PrecisionChoice, decide
 from napari_clipmed.models.registry import ModelSpec, get_spec
 from napari_clipmed.models.weights import resolve_weights
 from napari_clipmed.progress import ProgressGenerator, run_generator
@@ -35,6 +36,7 @@ class ClipModel:
     precision: str
     weights_path: Path | None = None
     cpu_fastpath: bool = True  # use `cpu_fastpath.vision_forward` for fp32 ViTs on a CPU
+    precision_choice: PrecisionChoice | None = None  # why this precision (CPU: measured, see `precision`)
     text_memo: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
     _weights_hash: str | None = field(default=None, repr=False)
 
@@ -50,7 +52,18 @@ class ClipModel:
 
     @property
     def device_label(self) -> str:
-        return describe(self.device, self.precision)
+        """E.g. 'CPU, bf16 (AMX)', 'CPU, fp32 (bf16 not faster)', 'CUDA (NVIDIA H100), bf16'."""
+        choice = self.precision_choice
+        reason = choice.reason if choice is not None and choice.precision == self.precision else ""
+        return describe(self.device, self.precision, reason)
+
+    @property
+    def precision_record(self) -> dict:
+        """For run configs: the precision, why, and the probe's numbers where one ran."""
+        choice = self.precision_choice
+        if choice is None or choice.precision != self.precision:
+            return {"precision": self.precision, "device": self.device_label}
+        return {**choice.to_dict(), "device": self.device_label}
 
     @property
     def weights_hash(self) -> str:
@@ -184,11 +197,15 @@ def load_model(
         module.load_state_dict(checkpoint.state_dict, strict=True)
     target = pick_device(device)
     module = module.to(target).eval()
-    return ClipModel(
+    model = ClipModel(
         spec=spec,
         module=module,
         tokenizer=_make_tokenizer(spec, module),
         device=target,
-        precision=resolve_precision(target, precision),
+        precision="fp32" if target.type == "cpu" else resolve_precision(target, precision),
         weights_path=path,
     )
+    if target.type == "cpu":  # once per load: the user's precision, or auto's measured choice
+        model.precision_choice = decide(model, precision)
+        model.precision = model.precision_choice.precision
+    return model
