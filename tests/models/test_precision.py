@@ -19,7 +19,8 @@ import torch
 from napari_clipmed.errors import InputError
 from napari_clipmed.models.cache import EmbeddingCache
 from napari_clipmed.models.encode import image_features
-from napari_clipmed.models.loader import ClipModel, load_model
+from napari_clipmed.models.loader import load_model
+from napari_clipmed.models.model import ClipModel
 from napari_clipmed.models.precision import (
     MIN_COSINE,
     MIN_SPEEDUP,

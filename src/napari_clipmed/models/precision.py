@@ -32,7 +32,7 @@ from torch import nn
 from napari_clipmed.errors import InputError
 
 if TYPE_CHECKING:
-    from napari_clipmed.models.loader import ClipModel
+    from napari_clipmed.models.model import ClipModel
 
 CpuPrecision = Literal["fp32", "bf16"]
 
