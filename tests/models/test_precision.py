@@ -224,3 +224,26 @@ def test_cache_never_mixes_precisions(tiny: ClipModel, tmp_path: Path) -> None:
     assert len(cache.for_signature(tiny.signature)) == len(cache.for_signature(bf16.signature)) == 6
     np.testing.assert_array_equal(tiny.encode_images(tiles, cache=cache), fp32_first)
     np.testing.assert_array_equal(bf16.encode_images(tiles, cache=cache), bf16_first)
+
+
+def test_cli_precision_option_and_first_line(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    from PIL import Image
+
+    from napari_clipmed.cli import main
+
+    tile = tmp_path / "tile.png"
+    Image.fromarray(he_tiles(1, 64, seed=3)[0]).save(tile)
+    for precision in ("fp32", "bf16"):
+        out = tmp_path / f"{precision}.npz"
+        assert main(["encode", str(tile), "--out", str(out), "--model", "tiny-random", "--precision", precision,
+                     "--no-cache"]) == 0
+        printed = capsys.readouterr()
+        assert printed.err.splitlines()[0].endswith(f"on CPU, {precision} (requested)")
+        assert f"CPU, {precision} (requested)" in printed.out
+    fp32, bf16 = np.load(tmp_path / "fp32.npz"), np.load(tmp_path / "bf16.npz")
+    assert str(fp32["signature"]) != str(bf16["signature"])
+    assert _cosines(fp32["embeddings"], bf16["embeddings"]).min() >= MIN_COSINE
+    with pytest.raises(SystemExit) as exit_info:
+        main(["encode", str(tile), "--out", str(tmp_path / "x.npz"), "--model", "tiny-random", "--precision", "fp16"])
+    assert exit_info.value.code == 2 and not (tmp_path / "x.npz").exists()
+    assert "invalid choice: 'fp16'" in capsys.readouterr().err

@@ -39,6 +39,7 @@ def config_from_args(args: argparse.Namespace):  # -> CTMontageConfig
         except json.JSONDecodeError as err:
             raise InputError(f"{args.config} is not a JSON config ({err})") from None
         data.pop("model", None)
+        data.pop("precision", None)  # recorded, not replayed: --precision decides
         cfg = CTMontageConfig.from_dict(data)
     patch = {k: v for k, v in {
         "size_mm": args.size_mm, "stride_mm": args.stride_mm, "slice_stride_mm": args.slice_stride_mm,
