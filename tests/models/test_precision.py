@@ -247,3 +247,16 @@ def test_cli_precision_option_and_first_line(tmp_path: Path, capsys: pytest.Capt
         main(["encode", str(tile), "--out", str(tmp_path / "x.npz"), "--model", "tiny-random", "--precision", "fp16"])
     assert exit_info.value.code == 2 and not (tmp_path / "x.npz").exists()
     assert "invalid choice: 'fp16'" in capsys.readouterr().err
+
+
+def test_cpu_fast_path_steps_aside_for_bf16(tiny: ClipModel, monkeypatch: pytest.MonkeyPatch) -> None:
+    import napari_clipmed.models.encode as encode
+
+    calls = []
+    monkeypatch.setattr(encode, "supports_fast_forward", lambda visual: True)
+    monkeypatch.setattr(encode, "vision_forward", lambda visual, pixels: calls.append(pixels.dtype) or visual(pixels))
+    tiles = he_tiles(3, 64, seed=4)
+    replace(tiny, precision="bf16", text_memo={}).encode_images(tiles)
+    assert calls == []  # bf16 never enters the fp32 fast path
+    tiny.encode_images(tiles)
+    assert calls == [torch.float32]  # fp32 does
