@@ -68,6 +68,22 @@ def bf16_units(flags: Iterable[str] | None = None) -> str | None:
     return None
 
 
+def cpu_name(cpuinfo: str | None = None) -> str:
+    """The CPU's model name from `/proc/cpuinfo` (platform.processor() elsewhere)."""
+    if cpuinfo is None:
+        try:
+            cpuinfo = CPUINFO.read_text(errors="replace")
+        except OSError:
+            import platform
+
+            return platform.processor() or platform.machine()
+    for line in cpuinfo.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() == "model name":
+            return value.strip()
+    return "unknown CPU"
+
+
 def isa_summary(flags: Iterable[str] | None = None) -> str:
     """The flags that matter for GEMM speed, present ones only (for benchmark output)."""
     flags = cpu_flags() if flags is None else frozenset(flags)
