@@ -250,7 +250,7 @@ def test_cli_precision_option_and_first_line(tmp_path: Path, capsys: pytest.Capt
 
 
 def test_cpu_fast_path_steps_aside_for_bf16(tiny: ClipModel, monkeypatch: pytest.MonkeyPatch) -> None:
-    import napari_clipmed.models.encode as encode
+    from napari_clipmed.models import encode
 
     calls = []
     monkeypatch.setattr(encode, "supports_fast_forward", lambda visual: True)
@@ -260,3 +260,15 @@ def test_cpu_fast_path_steps_aside_for_bf16(tiny: ClipModel, monkeypatch: pytest
     assert calls == []  # bf16 never enters the fp32 fast path
     tiny.encode_images(tiles)
     assert calls == [torch.float32]  # fp32 does
+
+
+def test_a_backend_without_an_image_tower_stays_fp32(tmp_path: Path) -> None:
+    import tiny_families
+
+    folder = tiny_families.siglip(tmp_path)[0]
+    model = load_model("medsiglip", weights=folder, device="cpu")  # the transformers SigLIP backend
+    assert getattr(model.module, "visual", None) is None
+    assert model.precision == "fp32"
+    assert model.device_label in ("CPU, fp32 (fp32 backend)", "CPU, fp32 (no bf16 units)")
+    with pytest.raises(InputError, match="fp32 only"):
+        load_model("medsiglip", weights=folder, device="cpu", precision="bf16")

@@ -31,6 +31,7 @@ from napari_clipmed.models.images import (
 )
 from napari_clipmed.models.model import ClipModel
 from napari_clipmed.models.precision import bf16_copy
+from napari_clipmed.models.tokens import check_context
 from napari_clipmed.progress import Progress, ProgressGenerator
 
 log = logging.getLogger(__name__)
@@ -70,14 +71,16 @@ def image_features(model: ClipModel, pixels: torch.Tensor, precision: str | None
     if model.device.type != "cpu":
         with autocast(model.device, precision):
             return model.module.encode_image(pixels).float()
+    visual = getattr(model.module, "visual", None)  # None: a backend's network (`models.backends`)
     if precision == "bf16":
-        visual = bf16_copy(model.module.visual)
+        if visual is None:
+            raise InputError(f"model {model.spec.name!r} runs in fp32 only on a CPU (its backend has no image tower to cast)")
+        visual = bf16_copy(visual)
         step = cpu_micro_batch(visual)
         chunks = [visual(pixels[s : s + step].to(torch.bfloat16)).float() for s in range(0, len(pixels), step)]
         return torch.cat(chunks)
     if precision != "fp32":
         raise InputError(f"precision {precision!r} does not run on a CPU: use fp32 or bf16")
-    visual = model.module.visual
     fast = model.cpu_fastpath and supports_fast_forward(visual)
     step = cpu_micro_batch(visual)
     chunks = []
@@ -96,7 +99,8 @@ def image_features(model: ClipModel, pixels: torch.Tensor, precision: str | None
 
 def _run_image_model(model: ClipModel, batch: torch.Tensor) -> torch.Tensor:
     spec = model.spec
-    pixels = preprocess_batch(batch, spec.image_size, spec.mean, spec.std)
+    pixels = preprocess_batch(batch, spec.image_size, spec.mean, spec.std, resize=spec.resize,
+                              interpolation=spec.interpolation)
     return F.normalize(image_features(model, pixels), dim=-1)
 
 
@@ -158,6 +162,7 @@ def encode_texts(model: ClipModel, texts: Sequence[str], *, batch_size: int = 25
         raise InputError("every prompt must be a non-empty string")
     memo = model.text_memo
     missing = list(dict.fromkeys(t for t in texts if t not in memo))
+    check_context(model.tokenizer, missing, model=model.spec.name)
     with torch.inference_mode():
         for start in range(0, len(missing), batch_size):
             chunk = missing[start : start + batch_size]

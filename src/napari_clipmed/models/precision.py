@@ -217,12 +217,16 @@ def decide(model: ClipModel, precision: str = "auto", *, flags: Iterable[str] | 
     """
     if precision not in ("auto", "fp32", "bf16"):
         raise InputError(f"precision {precision!r} does not run on a CPU: use auto, fp32 or bf16")
+    if precision == "bf16" and getattr(model.module, "visual", None) is None:
+        raise InputError(f"model {model.spec.name!r} runs in fp32 only on a CPU (its backend has no image tower to cast)")
     if precision != "auto":
         return requested(precision)
     units = bf16_units(flags)
-    visual = model.module.visual
+    visual = getattr(model.module, "visual", None)
     if units is None:
         return choose_precision(None, None)
+    if visual is None:
+        return PrecisionChoice("fp32", "fp32 backend", "this backend's network has no image tower to cast", units)
     if parameter_count(visual) < PROBE_MIN_PARAMS:
         return PrecisionChoice("fp32", "small model", f"image tower under {PROBE_MIN_PARAMS:,} parameters", units)
     from napari_clipmed.models.encode import image_features, tokens_per_image
