@@ -73,6 +73,7 @@ class RobustnessConfig:
     # registry model loads that model from PATH; any other label loads PATH as a "local" model
     # (e.g. a DAPT result), so several checkpoints can be compared in one run.
     weights: dict[str, Path] = field(default_factory=dict)
+    precision: str = "auto"  # image tower precision of every model (see models.precision)
 
     def resolved(self) -> RobustnessConfig:
         """A copy with "all" expanded, "LABEL=PATH" model entries split, and every field checked."""
@@ -113,7 +114,7 @@ class RobustnessConfig:
         return RobustnessConfig(
             models, corr, sev, ks, self.preset, tuple(self.templates) if self.templates else None, int(self.seed),
             self.batch_size, Path(self.out_dir), self.weights_dir, self.cache_dir, self.use_cache, self.device,
-            weights,
+            weights, self.precision,
         )
 
     def to_dict(self) -> dict[str, object]:
@@ -139,7 +140,8 @@ class RobustnessConfig:
                 raise WeightsNotFoundError(f"the checkpoint given for model {label!r}, {path}, does not exist")
         return {
             label: load_model(label if label in MODELS or label not in self.weights else "local",
-                              self.weights.get(label), weights_dir=self.weights_dir, device=self.device)
+                              self.weights.get(label), weights_dir=self.weights_dir, device=self.device,
+                              precision=self.precision)
             for label in self.models
         }
 
@@ -286,6 +288,7 @@ def iter_run_robustness(tileset: TileSet, config: RobustnessConfig) -> ProgressG
     # models first: a missing checkpoint fails before any long work
     models = cfg.load_models()
     identities = {name: m.identity for name, m in models.items()}
+    precisions = {name: m.precision_record for name, m in models.items()}
 
     loaded: LoadedTiles = yield from _relay(iter_load_tiles(tileset), 0, total, "reading tiles")
     tiles = loaded.tileset
@@ -312,9 +315,10 @@ def iter_run_robustness(tileset: TileSet, config: RobustnessConfig) -> ProgressG
         )
 
     cache = EmbeddingCache(cfg.cache_dir) if cfg.use_cache else None
-    old_ids = previous.get("models", {})
+    old_ids, old_precisions = previous.get("models", {}), previous.get("precision", {})
     finished = {k: v for k, v in _complete_conditions(rows, expected).items()
-                if k[0] in identities and old_ids.get(k[0]) == identities[k[0]]}
+                if k[0] in identities and old_ids.get(k[0]) == identities[k[0]]
+                and old_precisions.get(k[0], {}).get("precision", "fp32") == models[k[0]].precision}
     wanted = {(m, c, s) for m in cfg.models for c in cfg.corruptions for s in cfg.severities}
     finished = {k: v for k, v in finished.items() if k in wanted}
     reused = sorted(finished)
@@ -323,7 +327,8 @@ def iter_run_robustness(tileset: TileSet, config: RobustnessConfig) -> ProgressG
     report.write_text(out / PARTIAL, _rows_text([r for v in finished.values() for r in v], True))
     for stale in [out / RESULTS, out / "summary.md"]:
         stale.unlink(missing_ok=True)
-    info = {"fingerprint": fingerprint, "models": identities, "status": "running", "version": __version__,
+    info = {"fingerprint": fingerprint, "models": identities, "precision": precisions, "status": "running",
+            "version": __version__,
             "config": cfg.to_dict(), "tiles": {"source": str(tileset.source), "n_readable": len(tiles),
                                                "n_unreadable": len(loaded.failed), "classes": tiles.counts()},
             "prompts": {"name": prompts.name, "classes": {k: list(v) for k, v in prompts.classes.items()},

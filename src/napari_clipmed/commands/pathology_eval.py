@@ -104,7 +104,7 @@ def _run_robustness(args: argparse.Namespace) -> int:
         models=tuple(args.models), corruptions=tuple(args.corruptions), severities=tuple(args.severities),
         ks=tuple(args.k), preset=args.preset, templates=_templates(args.templates), seed=args.seed,
         batch_size=args.batch_size, out_dir=args.out, weights_dir=args.weights_dir, cache_dir=args.cache_dir,
-        use_cache=not args.no_cache, device=args.device,
+        use_cache=not args.no_cache, device=args.device, precision=getattr(args, "precision", "auto"),
     )
     printer = StderrProgress(args.quiet)
     try:
