@@ -148,7 +148,8 @@ def _run_zeroshot(args: argparse.Namespace) -> int:
         prompts, columns = tileset_prompts(tileset.class_names, None, templates)
     else:
         raise InputError("these images carry no labels: name the classes with --classes a,b or --preset NAME")
-    model = load_model(args.model, args.weights, weights_dir=args.weights_dir, device=args.device)
+    model = load_model(args.model, args.weights, weights_dir=args.weights_dir, device=args.device,
+                       precision=getattr(args, "precision", "auto"))
     printer = StderrProgress(args.quiet)
     try:
         tiles = run_generator(iter_load_tiles(tileset), printer)
@@ -175,7 +176,8 @@ def _run_retrieve(args: argparse.Namespace) -> int:
     from napari_clipmed.progress import run_generator
     from napari_clipmed.retrieval import EmbeddingIndex
 
-    model = load_model(args.model, args.weights, weights_dir=args.weights_dir, device=args.device)
+    model = load_model(args.model, args.weights, weights_dir=args.weights_dir, device=args.device,
+                       precision=getattr(args, "precision", "auto"))
     printer = StderrProgress(args.quiet)
     same = False
     try:

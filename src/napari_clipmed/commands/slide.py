@@ -42,7 +42,8 @@ def _check_slides(paths: list[str], slide_mpp: float | None) -> None:
 def _load_model(args: argparse.Namespace) -> Any:
     from napari_clipmed.models.loader import load_model
 
-    return load_model(args.model, args.weights, weights_dir=args.weights_dir, device=args.device)
+    return load_model(args.model, args.weights, weights_dir=args.weights_dir, device=args.device,
+                      precision=getattr(args, "precision", "auto"))
 
 
 def _slide_zeroshot(args: argparse.Namespace) -> int:
