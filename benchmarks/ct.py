@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -28,6 +29,7 @@ from napari_clipmed.ct.lung import lung_mask
 from napari_clipmed.ct.montage import build_montage
 from napari_clipmed.ct.patches import PatchConfig, apply_window, extract_patches
 from napari_clipmed.models.loader import load_model
+from napari_clipmed.models.precision import cpu_name, isa_summary
 from napari_clipmed.models.registry import ModelSpec
 
 CHEST_CT = Path(__file__).resolve().parents[2] / "shared" / "data" / "ct" / "chest_ct.nii.gz"
@@ -105,7 +107,7 @@ def main() -> None:
     parser.add_argument("--volume", type=Path, default=CHEST_CT)
     parser.add_argument("--arch", default="ViT-B-16")
     parser.add_argument("--device", default=None)
-    parser.add_argument("--precision", default="auto")
+    parser.add_argument("--precision", default="auto", help="auto, fp32, bf16, or both (ours timed in fp32 and bf16)")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--naive-sample", type=int, default=32, help="naive patches actually timed (0: all)")
     parser.add_argument("--size-mm", type=float, default=32.0)
@@ -115,7 +117,9 @@ def main() -> None:
     args = parser.parse_args()
 
     spec = ModelSpec(name="bench", arch=args.arch, description="benchmark", needs_weights=False, tokenizer="ViT-B-16")
-    model = load_model(spec, device=args.device, precision=args.precision)
+    model = load_model(spec, device=args.device, precision="auto" if args.precision == "both" else args.precision)
+    print(f"CPU: {cpu_name()}; ISA flags: {isa_summary()}; precision {model.device_label}: "
+          f"{model.precision_choice.detail if model.precision_choice else ''}")
     config = PatchConfig(size_mm=args.size_mm, stride_mm=args.stride_mm, slice_stride_mm=args.slice_stride_mm)
     print(f"model {args.arch} (random weights, {spec.image_size} px) on {model.device_label}, "
           f"torch threads {torch.get_num_threads()}; volume {args.volume.name}; {config.size_mm:g} mm patches every "
@@ -130,6 +134,13 @@ def main() -> None:
     for stage, (w, c) in times.items():
         if stage != "total":
             print(f"         {stage:26s} {w:8.2f} s wall {c:8.2f} s CPU", flush=True)
+
+    if args.precision == "both" and model.device.type == "cpu":  # the same run in the other precision
+        other = "bf16" if model.precision == "fp32" else "fp32"
+        again = ours(args.volume, replace(model, precision=other, text_memo={}), config, args.k, args.batch_size)
+        (o_wall, o_cpu), (e_wall, _) = again["times"]["total"], again["times"]["encode + score"]
+        print(f"ours in {other}: {o_wall:8.2f} s wall, {o_cpu:8.2f} s CPU ({n / e_wall:.2f} patches/s in the encoder); "
+              f"{model.precision} is {o_wall / wall:.2f}x the speed of {other}", flush=True)
 
     clock = Clock()
     volume = read_ct(args.volume)

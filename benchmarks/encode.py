@@ -1,6 +1,9 @@
-"""Encoder speed: our batched tensor path vs the naive per-image loop, and the warm cache.
+"""Encoder speed: our batched tensor path (fp32 and bf16) vs the naive per-image loop, and the warm cache.
 
-Run: .venv/bin/python benchmarks/encode.py [--n 256] [--arch ViT-B-16-quickgelu] [--device cuda]
+Run: .venv/bin/python benchmarks/encode.py [--n 256] [--arch ViT-B-16-quickgelu] [--device cuda] [--quick]
+
+It prints the CPU, its ISA flags, the precision `auto` chose on this machine and why, then fp32 vs
+bf16 vs naive in one run (on a CPU; on a GPU the chosen precision vs naive).
 
 Baseline = what a user writes with open_clip directly: PIL image -> `preprocess` -> `encode_image`
 one image at a time under `torch.no_grad()`. Both paths use the same randomly initialised network
@@ -21,6 +24,7 @@ import torch
 
 from napari_clipmed.models.cache import EmbeddingCache
 from napari_clipmed.models.loader import load_model
+from napari_clipmed.models.precision import bf16_units, cpu_name, isa_summary
 from napari_clipmed.models.registry import ModelSpec
 
 HE_IMAGE = Path(__file__).resolve().parents[2] / "shared" / "data" / "pathology" / "he_carcinoma_tiatoolbox.png"
@@ -109,30 +113,41 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=256)
     parser.add_argument("--arch", default="ViT-B-16-quickgelu")
     parser.add_argument("--device", default=None)
-    parser.add_argument("--precision", default="auto")
+    parser.add_argument("--precision", default="auto", help="what `ours` runs in: auto (the chooser), fp32 or bf16")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--rounds", type=int, default=4, help="slices the paths alternate over")
+    parser.add_argument("--quick", action="store_true", help="smoke test: 8 tiles, 2 rounds, ViT-B/32")
     args = parser.parse_args()
+    if args.quick:
+        args.n, args.rounds, args.arch = 8, 2, "ViT-B-32"
 
     spec = ModelSpec(name="bench", arch=args.arch, description="benchmark", needs_weights=False, tokenizer="ViT-B-16")
+    print(f"CPU: {cpu_name()}; ISA flags: {isa_summary()}; bf16 units: {bf16_units() or 'none'}")
     model = load_model(spec, device=args.device, precision=args.precision)
-    stock = replace(model, cpu_fastpath=False, text_memo={})
-    images = tiles(args.n)
     on_cpu = model.device.type == "cpu"
+    images = tiles(args.n)
     print(f"model {args.arch} (random weights) on {model.device_label}, torch threads {torch.get_num_threads()}, "
           f"{len(images)} tiles of 224x224")
+    choice = model.precision_choice
+    if choice is not None:
+        print(f"chosen precision: {choice.precision} ({choice.reason}): {choice.detail}")
 
-    model.encode_images(images[:4])  # warm-up every path (and hash the weights once, for the cache key)
-    _ = model.signature
-    stock.encode_images(images[:4])
+    variants = {"ours": model}
+    if on_cpu:  # both precisions and the stock forward, whatever auto chose
+        fp32 = replace(model, precision="fp32", text_memo={})
+        variants = {"ours, fp32": fp32, "ours, bf16": replace(model, precision="bf16", text_memo={}),
+                    "ours, fp32, stock forward": replace(fp32, cpu_fastpath=False)}
+    _ = model.signature  # hash the weights once, for the cache key
+    for variant in variants.values():  # warm up every path
+        variant.encode_images(images[:4])
     naive_loop(model, images[:2])
 
-    paths = {"naive": lambda x: naive_loop(model, x), "ours": lambda x: model.encode_images(x, batch_size=args.batch_size)}
-    if on_cpu:
-        paths["ours, stock forward"] = lambda x: stock.encode_images(x, batch_size=args.batch_size)
+    paths = {"naive": lambda x: naive_loop(model, x)}
+    for name, variant in variants.items():
+        paths[name] = lambda x, v=variant: v.encode_images(x, batch_size=args.batch_size)
     seconds = interleaved(paths, images, args.rounds)
-    ours, naive = model.encode_images(images[:16]), naive_loop(model, images[:16])
-    cos = float(np.mean(np.sum(ours * naive, axis=1)))
+    naive = naive_loop(model, images[:16])
+    cos = {name: float(np.mean(np.sum(v.encode_images(images[:16]) * naive, axis=1))) for name, v in variants.items()}
     with tempfile.TemporaryDirectory() as folder:
         cache = EmbeddingCache(folder)
         cold, t_cold = timed(model.encode_images, images, batch_size=args.batch_size, cache=cache)
@@ -140,25 +155,29 @@ def main() -> None:
         assert np.array_equal(warm, cold)
 
     n = len(images)
-    t_naive, t_ours = seconds["naive"], seconds["ours"]
-    print(f"naive loop (PIL preprocess + encode_image per image): {t_naive:8.2f} s  {n / t_naive:8.1f} images/s")
-    print(f"batched encoder (batch {args.batch_size}):               {t_ours:8.2f} s  {n / t_ours:8.1f} images/s")
+    t_naive = seconds["naive"]
+    print(f"naive loop (PIL preprocess + encode_image per image, fp32): {t_naive:8.2f} s  {n / t_naive:8.1f} images/s")
+    for name in variants:
+        t = seconds[name]
+        print(f"{name + f' (batch {args.batch_size})':42s} {t:8.2f} s  {n / t:8.1f} images/s  "
+              f"{t_naive / t:5.2f}x naive, mean cosine to naive {cos[name]:.6f}")
+    print(f"batched encoder ({model.precision}), cold cache (writes): {t_cold:8.2f} s  {n / t_cold:8.1f} images/s")
+    print(f"batched encoder ({model.precision}), warm cache:          {t_warm:8.3f} s  {n / t_warm:8.1f} images/s")
     if on_cpu:
-        t_stock = seconds["ours, stock forward"]
-        print(f"  same, stock open_clip forward (no fast path): {t_stock:8.2f} s  {n / t_stock:8.1f} images/s")
-    print(f"batched encoder, cold cache (writes):      {t_cold:8.2f} s  {n / t_cold:8.1f} images/s")
-    print(f"batched encoder, warm cache:               {t_warm:8.3f} s  {n / t_warm:8.1f} images/s")
-    print(f"mean cosine(ours, naive) = {cos:.6f}")
-    print(f"speed-up batched vs naive: {t_naive / t_ours:.2f}x (target >= 2x on CPU)")
-    if on_cpu:
-        print(f"  of which the CPU fast path: {t_stock / t_ours:.2f}x over the stock forward")
+        t_fp32, t_bf16, t_stock = (seconds[k] for k in ("ours, fp32", "ours, bf16", "ours, fp32, stock forward"))
+        print(f"bf16 vs fp32 (ours): {t_fp32 / t_bf16:.2f}x; auto chose {model.precision} "
+              f"({model.device_label}); the CPU fast path: {t_stock / t_fp32:.2f}x over the stock fp32 forward")
+        print(f"speed-up of auto's choice vs naive: {t_naive / seconds[f'ours, {model.precision}']:.2f}x (target >= 2x on CPU)")
         if hasattr(model.module.visual, "positional_embedding"):
             gflop = vit_gflop_per_image(model.module.visual)
             peak = gemm_gflops()
             naive_rate = gflop * n / t_naive
             print(f"roofline: {gflop:.1f} GFLOP per image; the naive loop computes at {naive_rate:.0f} GFLOP/s, "
-                  f"ours at {gflop * n / t_ours:.0f}, this CPU's fp32 GEMM peak is {peak:.0f} GFLOP/s, so no fp32 "
-                  f"path can beat the naive loop by more than {peak / naive_rate:.2f}x here")
+                  f"fp32 ours at {gflop * n / t_fp32:.0f}, bf16 ours at {gflop * n / t_bf16:.0f}; this CPU's fp32 "
+                  f"GEMM peak is {peak:.0f} GFLOP/s, so no fp32 path can beat the naive loop by more than "
+                  f"{peak / naive_rate:.2f}x here")
+    else:
+        print(f"speed-up batched vs naive: {t_naive / seconds['ours']:.2f}x")
     print(f"speed-up warm cache vs recomputation: {t_cold / t_warm:.0f}x (target >= 50x)")
 
 

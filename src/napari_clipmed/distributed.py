@@ -154,11 +154,13 @@ class ModelRef:
     weights: str | None = None
     weights_dir: str | None = None
     device: str | None = None
+    precision: str = "auto"  # auto: each worker decides for its own CPU (`models.precision`)
 
     @classmethod
     def of(cls, model: ClipModel, device: str | None = None) -> ModelRef:
         """The reference that rebuilds `model` on a worker (its spec and checkpoint file)."""
-        return cls(model.spec, str(model.weights_path) if model.weights_path else None, None, device)
+        precision = model.precision if model.device.type == "cpu" else "auto"  # a CPU model's precision is pinned
+        return cls(model.spec, str(model.weights_path) if model.weights_path else None, None, device, precision)
 
     def cache_key(self) -> str:
         """Model name + weights (file, size, mtime) + device: one loaded model per key and process."""
@@ -167,12 +169,13 @@ class ModelRef:
             path = Path(self.weights).expanduser()
             stat = path.stat() if path.exists() else None
             weights = f"{path.resolve()}:{stat.st_size}:{stat.st_mtime_ns}" if stat else str(path)
-        return repr((self.name, weights, self.weights_dir, self.device))
+        return repr((self.name, weights, self.weights_dir, self.device, self.precision))
 
     def load(self) -> ClipModel:
         from napari_clipmed.models.loader import load_model
 
-        return load_model(self.name, self.weights, weights_dir=self.weights_dir, device=self.device)
+        return load_model(self.name, self.weights, weights_dir=self.weights_dir, device=self.device,
+                          precision=self.precision)  # type: ignore[arg-type]
 
 
 _MODELS: dict[str, ClipModel] = {}

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 from collections.abc import Callable
 from pathlib import Path
 
@@ -36,8 +38,9 @@ def cli(capsys: pytest.CaptureFixture[str]) -> Callable[..., tuple[int, str, str
 
 
 def one_line_error(err: str, command: str, *needles: str) -> None:
-    """stderr is exactly one line `clipmed COMMAND: error: ...` holding every needle, and no traceback."""
-    lines = [line for line in err.splitlines() if line.strip()]
+    """stderr is exactly one line `clipmed COMMAND: error: ...` holding every needle, and no traceback
+    (besides the line naming the loaded model, `model NAME:HASH on DEVICE, PRECISION`)."""
+    lines = [line for line in err.splitlines() if line.strip() and not re.match(r"model \S+ on ", line)]
     assert len(lines) == 1, err
     assert lines[0].startswith(f"clipmed {command}: error: "), err
     assert "Traceback" not in err

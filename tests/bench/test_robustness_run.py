@@ -123,6 +123,12 @@ def test_end_to_end_resume_and_reference_values(tile_root: Path, tmp_path: Path)
     again = run_robustness(ts, _config(out))
     assert again.computed == [] and len(again.reused) == 6
     pd.testing.assert_frame_equal(again.frame, result.frame)
+    assert json.loads((out / "run.json").read_text())["precision"]["tiny-random"]["precision"] == "fp32"
+
+    # the same folder in bf16 reuses nothing: results of two precisions never mix
+    bf16 = run_robustness(ts, _config(out, precision="bf16"))
+    assert bf16.reused == [] and len(bf16.computed) == 6
+    assert json.loads((out / "run.json").read_text())["precision"]["tiny-random"]["reason"] == "requested"
 
 
 def test_unreadable_tiles_are_skipped_and_reported(tile_root: Path, tmp_path: Path) -> None:

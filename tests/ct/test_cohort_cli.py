@@ -130,7 +130,10 @@ def test_ct_montage_command_writes_its_files(cohort_csv: Path, tmp_path: Path, c
     config = json.loads((out / "config.json").read_text())
     assert config["k"] == 4 and config["patch"]["stride_mm"] == 24.0 and config["patch"]["windows"] is not None
     assert len(pd.read_csv(out / "montage.csv")) == 4
-    assert "lung patches, montage of 4" in capsys.readouterr().out
+    assert config["precision"]["precision"] == "fp32" and config["precision"]["device"].startswith("CPU, fp32")
+    printed = capsys.readouterr()
+    assert "lung patches, montage of 4" in printed.out
+    assert printed.err.startswith("model tiny-random:") and "on CPU, fp32 (" in printed.err  # the first line
     # The saved config reproduces the run.
     again = tmp_path / "again"
     assert main(["ct-montage", str(volume), "--model", "tiny-random", "--out", str(again), "--config",

@@ -163,7 +163,8 @@ def test_pipeline_result_and_saved_files(tiny_model, chest_crop: CTVolume, tmp_p
     assert summary["probabilities"] == pytest.approx(result.probabilities)
     assert summary["prediction"] == max(result.probabilities, key=result.probabilities.get)
     saved = json.loads(files["config.json"].read_text())
-    assert saved.pop("model") == tiny_model.identity  # the one model identity, e.g. tiny-random:<hash>
+    assert saved.pop("model") == tiny_model.identity
+    assert saved.pop("precision")["precision"] == "fp32"  # which precision ran, and why
     assert CTMontageConfig.from_dict(saved) == config
 
 

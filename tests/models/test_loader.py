@@ -20,7 +20,7 @@ def test_tiny_model_is_seeded_and_normalised(tiny) -> None:
     assert a.shape == (5, 64) and a.dtype == np.float32
     other_seed = load_model(get_spec("tiny-random").with_changes(seed=1), device="cpu")
     assert not np.allclose(other_seed.encode_images(images), a)
-    assert tiny.device_label == "CPU, fp32"
+    assert tiny.device_label in ("CPU, fp32 (small model)", "CPU, fp32 (no bf16 units)")  # auto: too small to probe
 
 
 def test_save_and_load_local_round_trip(tiny, tmp_path) -> None:

@@ -35,7 +35,7 @@ def notify_info(message: str) -> None:
 
 
 class ModelPanel(Container):
-    """Model name + optional checkpoint + Load button + status line (device or what is missing)."""
+    """Model name + optional checkpoint + precision + Load button + status line (device and precision, or what is missing)."""
 
     def __init__(self, session: ModelSession, default: str = "pathclip") -> None:
         from napari_clipmed.models.registry import list_models
@@ -47,8 +47,12 @@ class ModelPanel(Container):
             "Optional: a checkpoint file (or Hugging Face folder). Empty: look in the weights folder, "
             "then download when online."
         ))
+        self.precision = ComboBox(label="precision", choices=["auto", "fp32", "bf16"], value="auto", tooltip=(
+            "The image tower's precision. auto: on a GPU bf16/fp16; on a CPU bf16 only where its bf16 units "
+            "(AMX, AVX-512 BF16) measure clearly faster at load, else fp32. The status line says which and why."
+        ))
         self.load_button = PushButton(text="Load model")
-        super().__init__(widgets=[self.model_name, self.weights, self.load_button], labels=True)
+        super().__init__(widgets=[self.model_name, self.weights, self.precision, self.load_button], labels=True)
         self.status = QLabel(session.message)
         self.status.setWordWrap(True)
         self.native.layout().addWidget(self.status)
@@ -62,7 +66,7 @@ class ModelPanel(Container):
     def choice(self) -> ModelChoice:
         weights = self.weights.value
         path = str(weights) if weights not in (None, "") and str(weights) not in ("", ".") else None
-        return ModelChoice(self.model_name.value, path)
+        return ModelChoice(self.model_name.value, path, self.precision.value)
 
     def _load(self) -> None:
         self.session.load(self.choice())

@@ -76,6 +76,7 @@ class RobustnessConfig:
     # (e.g. a DAPT result), so several checkpoints can be compared in one run.
     weights: dict[str, Path] = field(default_factory=dict)
     store_dir: Path | None = None  # a shared embedding store (`clipmed embed`) used instead of the cache
+    precision: str = "auto"  # image tower precision of every model (see models.precision)
 
     def resolved(self) -> RobustnessConfig:
         """A copy with "all" expanded, "LABEL=PATH" model entries split, and every field checked."""
@@ -131,7 +132,7 @@ class RobustnessConfig:
         return RobustnessConfig(
             models, corr, sev, ks, self.preset, tuple(self.templates) if self.templates else None, int(self.seed),
             self.batch_size, Path(self.out_dir), self.weights_dir, self.cache_dir, self.use_cache, self.device,
-            weights, store_dir=self.store_dir,
+            weights, store_dir=self.store_dir, precision=self.precision,
         )
 
     def to_dict(self) -> dict[str, object]:
@@ -157,7 +158,8 @@ class RobustnessConfig:
                 raise WeightsNotFoundError(f"the checkpoint given for model {label!r}, {path}, does not exist")
         return {
             label: load_model(label if label in MODELS or label not in self.weights else "local",
-                              self.weights.get(label), weights_dir=self.weights_dir, device=self.device)
+                              self.weights.get(label), weights_dir=self.weights_dir, device=self.device,
+                              precision=self.precision)
             for label in self.models
         }
 
@@ -334,8 +336,10 @@ def _run_locked(folder: RunFolder, cfg: RobustnessConfig, tileset: TileSet, load
         from napari_clipmed.models.store import EmbeddingStore
 
         cache = EmbeddingStore(cfg.store_dir)
-    old_ids = previous.get("models", {})
-    kept = _complete_conditions(rows, expected)  # finished work is never deleted: a changed grid extends the run
+    old_ids, old_precisions = previous.get("models", {}), previous.get("precision", {})
+    # finished work is never deleted (a changed grid extends the run), except a model's rows computed in another precision
+    kept = {k: v for k, v in _complete_conditions(rows, expected).items()
+            if k[0] not in identities or old_precisions.get(k[0], {}).get("precision", "fp32") == models[k[0]].precision}
     changed = sorted({k[0] for k in kept if k[0] in identities and old_ids.get(k[0]) != identities[k[0]]})
     if changed:
         raise InputError(
@@ -350,7 +354,9 @@ def _run_locked(folder: RunFolder, cfg: RobustnessConfig, tileset: TileSet, load
     report.write_text(out / PARTIAL, _rows_text([r for v in kept.values() for r in v], True))
     for stale in [out / RESULTS, out / "summary.md"]:
         stale.unlink(missing_ok=True)
-    info = {"fingerprint": fingerprint, "models": {**old_ids, **identities}, "status": "running", "version": __version__,
+    precisions = {name: m.precision_record for name, m in models.items()}
+    info = {"fingerprint": fingerprint, "models": {**old_ids, **identities}, "precision": {**old_precisions, **precisions},
+            "status": "running", "version": __version__,
             "config": cfg.to_dict(), "tiles": {"source": str(tileset.source), "n_readable": len(tiles),
                                                "n_unreadable": len(loaded.failed), "classes": tiles.counts()},
             "prompts": {"name": prompts.name, "classes": {k: list(v) for k, v in prompts.classes.items()},

@@ -25,7 +25,7 @@ def model_ref_from_args(args: argparse.Namespace, name: str | None = None):  # -
 
     name = name or args.model
     path = resolve_weights(get_spec(name), args.weights, weights_dir=args.weights_dir)
-    return ModelRef(name, str(path) if path else None, args.weights_dir, args.device)
+    return ModelRef(name, str(path) if path else None, args.weights_dir, args.device, getattr(args, "precision", "auto"))
 
 
 class ItemBar:

@@ -36,6 +36,7 @@ def config_from_args(args: argparse.Namespace):  # -> CTMontageConfig
         if not isinstance(data, dict):
             raise InputError(f"{args.config} must hold a JSON object of settings, not a {type(data).__name__}")
         data.pop("model", None)
+        data.pop("precision", None)  # recorded, not replayed: --precision decides
         cfg = CTMontageConfig.from_dict(data)
     patch = {k: v for k, v in {
         "size_mm": args.size_mm, "stride_mm": args.stride_mm, "slice_stride_mm": args.slice_stride_mm,

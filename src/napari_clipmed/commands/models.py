@@ -11,7 +11,7 @@ from napari_clipmed.errors import InputError
 
 def add_model_arguments(parser: argparse.ArgumentParser, *, default: str | None = "pathclip", single: bool = True) -> None:
     """The model options of every command, defined here once: --model, --weights (one model; `single`),
-    --weights-dir, --device. Commands that take several models (robustness) pass ``single=False``."""
+    --weights-dir, --device, --precision. Commands that take several models (robustness) pass ``single=False``."""
     if single:
         parser.add_argument("--model", default=default, required=default is None,
                             help="registry name (see `clipmed models`)")
@@ -20,12 +20,20 @@ def add_model_arguments(parser: argparse.ArgumentParser, *, default: str | None 
                                  "(default: weights folder, then hub)")
     parser.add_argument("--weights-dir", default=None, help="folder with checkpoints (default: $CLIPMED_WEIGHTS_DIR or the user cache)")
     parser.add_argument("--device", default=None, help="cuda, mps or cpu (default: best available)")
+    parser.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto",
+                        help="image tower precision (default auto: on a CPU, bf16 where measured clearly faster)")
 
 
 def model_from_args(args: argparse.Namespace, name: str | None = None):
+    """Load the model the options name; its first line on stderr says which, where and in what precision."""
+    import sys
+
     from napari_clipmed.models.loader import load_model
 
-    return load_model(name or args.model, args.weights, weights_dir=args.weights_dir, device=args.device)
+    model = load_model(name or args.model, args.weights, weights_dir=args.weights_dir, device=args.device,
+                       precision=getattr(args, "precision", "auto"))
+    print(f"model {model.identity} on {model.device_label}", file=sys.stderr, flush=True)
+    return model
 
 
 def _list(args: argparse.Namespace) -> int:

@@ -117,6 +117,7 @@ def _run_robustness(args: argparse.Namespace) -> int:
         batch_size=args.batch_size, out_dir=args.out, cache_dir=args.cache_dir,
         weights_dir=Path(args.weights_dir) if args.weights_dir else None,
         use_cache=not args.no_cache, device=args.device, store_dir=args.store,
+        precision=getattr(args, "precision", "auto"),
     )
     printer = CliProgress(args.quiet)
     try:

@@ -56,6 +56,7 @@ class CohortResult:
     tpr: np.ndarray
     config: CTMontageConfig = field(default_factory=CTMontageConfig)
     model_name: str = ""
+    precision: dict = field(default_factory=dict)  # ClipModel.precision_record: which precision and why
 
     def to_frame(self):  # -> pandas.DataFrame
         import pandas as pd
@@ -85,7 +86,8 @@ class CohortResult:
             "metrics.json": json.dumps(self.metrics(), indent=2).encode(),
             "roc.png": roc_plot_png(self.fpr, self.tpr, self.auroc, (self.ci_low, self.ci_high), self.positive_class,
                                     self.ci_level),
-            "config.json": json.dumps({"model": self.model_name, **self.config.to_dict()}, indent=2).encode(),
+            "config.json": json.dumps({"model": self.model_name, "precision": self.precision, **self.config.to_dict()},
+                                      indent=2).encode(),
         }
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
@@ -195,7 +197,7 @@ def iter_evaluate_cohort(
     fpr, tpr = roc_curve(y, s)
     yield Progress(total, total, "done")
     return CohortResult(positive, rows, ci.estimate, ci.low, ci.high, ci_level, n_bootstrap, seed, fpr, tpr, cfg,
-                        identity)
+                        identity, getattr(model, "precision_record", {"precision": getattr(model, "precision", "")}))
 
 
 def case_key(i: int, case: CohortCase) -> str:

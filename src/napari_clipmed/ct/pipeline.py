@@ -137,6 +137,7 @@ class CTMontageResult:
     chosen: np.ndarray  # (k,) patch indices, best first
     montage: Montage
     probabilities: dict[str, float]
+    precision: dict = field(default_factory=dict)  # ClipModel.precision_record: which precision and why
 
     @property
     def prediction(self) -> str:
@@ -186,7 +187,8 @@ class CTMontageResult:
             "montage.csv": self.to_frame().to_csv(index=False).encode(),
             "patches.csv": self.patches_frame().to_csv(index=False).encode(),
             "scores.json": json.dumps(self.summary(), indent=2).encode(),
-            "config.json": json.dumps({"model": self.model_name, **self.config.to_dict()}, indent=2).encode(),
+            "config.json": json.dumps({"model": self.model_name, "precision": self.precision, **self.config.to_dict()},
+                                      indent=2).encode(),
         }
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
@@ -225,6 +227,7 @@ def iter_run_ct_montage(
     return CTMontageResult(
         config=cfg,
         model_name=model.identity,
+        precision=model.precision_record,
         source=volume.source,
         lung_volume_ml=float(np.count_nonzero(mask)) * volume.voxel_volume_ml,
         patches=patches,

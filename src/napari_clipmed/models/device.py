@@ -43,7 +43,8 @@ def pick_device(device: str | torch.device | None = None) -> torch.device:
 
 
 def resolve_precision(device: torch.device, precision: Precision = "auto") -> Literal["fp32", "fp16", "bf16"]:
-    """fp32 on CPU; on a GPU `auto` means bf16 where supported, else fp16."""
+    """On a GPU `auto` means bf16 where supported, else fp16; on a CPU fp32 (`precision.decide`
+    measures whether bf16 is faster there, once a model is loaded)."""
     if precision != "auto":
         return precision
     if device.type == "cuda":
@@ -61,8 +62,9 @@ def autocast(device: torch.device, precision: str) -> contextlib.AbstractContext
     return torch.autocast(device_type=device.type, dtype=dtype)
 
 
-def describe(device: torch.device, precision: str) -> str:
-    """A short human label, e.g. 'CUDA (NVIDIA H100), bf16' or 'CPU, fp32'."""
+def describe(device: torch.device, precision: str, reason: str = "") -> str:
+    """A short human label, e.g. 'CUDA (NVIDIA H100), bf16', 'CPU, bf16 (AMX)' or 'CPU, fp32 (bf16 not faster)'."""
+    why = f" ({reason})" if reason else ""
     if device.type == "cuda":
-        return f"CUDA ({torch.cuda.get_device_name(device)}), {precision}"
-    return f"{device.type.upper()}, {precision}"
+        return f"CUDA ({torch.cuda.get_device_name(device)}), {precision}{why}"
+    return f"{device.type.upper()}, {precision}{why}"

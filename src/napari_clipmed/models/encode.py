@@ -2,9 +2,10 @@
 
 Images are grouped by shape, stacked, moved to the device and preprocessed there as tensors
 (no PIL round trip per image); the model runs under `torch.inference_mode` and, on a GPU,
-half-precision autocast. On a CPU, batches are cut into cache-sized forwards and a ViT runs through
-`cpu_fastpath` (oneDNN GEMMs, fused attention; same result to fp32 rounding). With an
-`EmbeddingCache`, images seen before skip the model.
+half-precision autocast. On a CPU, batches are cut into cache-sized forwards; in fp32 a ViT runs
+through `cpu_fastpath` (oneDNN GEMMs, fused attention; same result to fp32 rounding), in bf16 a bf16
+copy of the image tower runs (see `precision`). Text embeddings are always fp32, and so is every
+embedding returned or cached. With an `EmbeddingCache`, images seen before skip the model.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from napari_clipmed.models.images import (
     to_hwc,
 )
 from napari_clipmed.models.model import ClipModel
+from napari_clipmed.models.precision import bf16_copy
 from napari_clipmed.models.tokens import check_context
 from napari_clipmed.progress import Progress, ProgressGenerator
 
@@ -47,37 +49,59 @@ def _validated(images: ImageBatch) -> list[np.ndarray]:
 CPU_TOKENS_PER_FORWARD = 1024
 
 
+def tokens_per_image(visual: torch.nn.Module) -> int:
+    """A ViT's tokens per image (256 for towers without positional embeddings)."""
+    positions = getattr(visual, "positional_embedding", None)
+    return int(positions.shape[0]) if isinstance(positions, torch.Tensor) else 256
+
+
 def cpu_micro_batch(visual: torch.nn.Module) -> int:
     """Images per forward on a CPU: `CPU_TOKENS_PER_FORWARD` tokens, at least one image."""
-    positions = getattr(visual, "positional_embedding", None)
-    tokens = int(positions.shape[0]) if isinstance(positions, torch.Tensor) else 256
-    return max(1, CPU_TOKENS_PER_FORWARD // tokens)
+    return max(1, CPU_TOKENS_PER_FORWARD // tokens_per_image(visual))
+
+
+def image_features(model: ClipModel, pixels: torch.Tensor, precision: str | None = None) -> torch.Tensor:
+    """The image tower's float32 features of preprocessed `pixels`, in `precision` (default: the model's).
+
+    On a GPU, half precision is autocast. On a CPU, forwards are cut into cache-sized chunks; fp32
+    runs a ViT through the fast path, bf16 runs a bf16 copy of the image tower on bf16 inputs (not
+    autocast, which was measured slower than fp32); the output is cast back to float32.
+    """
+    precision = precision or model.precision
+    if model.device.type != "cpu":
+        with autocast(model.device, precision):
+            return model.module.encode_image(pixels).float()
+    visual = getattr(model.module, "visual", None)  # None: a backend's network (`models.backends`)
+    if precision == "bf16":
+        if visual is None:
+            raise InputError(f"model {model.spec.name!r} runs in fp32 only on a CPU (its backend has no image tower to cast)")
+        visual = bf16_copy(visual)
+        step = cpu_micro_batch(visual)
+        chunks = [visual(pixels[s : s + step].to(torch.bfloat16)).float() for s in range(0, len(pixels), step)]
+        return torch.cat(chunks)
+    if precision != "fp32":
+        raise InputError(f"precision {precision!r} does not run on a CPU: use fp32 or bf16")
+    fast = model.cpu_fastpath and supports_fast_forward(visual)
+    step = cpu_micro_batch(visual)
+    chunks = []
+    for start in range(0, len(pixels), step):
+        chunk = pixels[start : start + step]
+        if fast:
+            try:
+                chunks.append(vision_forward(visual, chunk))
+                continue
+            except (RuntimeError, TypeError) as error:  # a torch build whose oneDNN op differs
+                log.warning("CPU fast path failed (%s); using open_clip's forward from now on", error)
+                model.cpu_fastpath = fast = False
+        chunks.append(model.module.encode_image(chunk))
+    return torch.cat(chunks).float()
 
 
 def _run_image_model(model: ClipModel, batch: torch.Tensor) -> torch.Tensor:
     spec = model.spec
     pixels = preprocess_batch(batch, spec.image_size, spec.mean, spec.std, resize=spec.resize,
                               interpolation=spec.interpolation)
-    if model.device.type != "cpu":
-        with autocast(model.device, model.precision):
-            features = model.module.encode_image(pixels)
-        return F.normalize(features.float(), dim=-1)
-    visual = getattr(model.module, "visual", None)  # None: a backend's network (`models.backends`)
-    fast = model.cpu_fastpath and model.precision == "fp32" and supports_fast_forward(visual)
-    step = cpu_micro_batch(visual)
-    chunks = []
-    with autocast(model.device, model.precision):
-        for start in range(0, len(pixels), step):
-            chunk = pixels[start : start + step]
-            if fast:
-                try:
-                    chunks.append(vision_forward(visual, chunk))
-                    continue
-                except (RuntimeError, TypeError) as error:  # a torch build whose oneDNN op differs
-                    log.warning("CPU fast path failed (%s); using open_clip's forward from now on", error)
-                    model.cpu_fastpath = fast = False
-            chunks.append(model.module.encode_image(chunk))
-    return F.normalize(torch.cat(chunks).float(), dim=-1)
+    return F.normalize(image_features(model, pixels), dim=-1)
 
 
 def iter_encode_images(
@@ -143,8 +167,7 @@ def encode_texts(model: ClipModel, texts: Sequence[str], *, batch_size: int = 25
         for start in range(0, len(missing), batch_size):
             chunk = missing[start : start + batch_size]
             tokens = model.tokenizer(chunk).to(model.device)
-            with autocast(model.device, model.precision):
-                features = model.module.encode_text(tokens)
+            features = model.module.encode_text(tokens)  # fp32 in every precision: text is cheap, prompts matter
             vectors = F.normalize(features.float(), dim=-1).cpu().numpy()
             memo.update(zip(chunk, vectors))
     return np.stack([memo[t] for t in texts]).astype(np.float32, copy=False)

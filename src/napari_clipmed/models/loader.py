@@ -18,6 +18,7 @@ from napari_clipmed.models.checkpoint import (
 from napari_clipmed.models.device import Precision, pick_device, resolve_precision
 from napari_clipmed.models.folders import is_open_clip_folder, spec_from_folder
 from napari_clipmed.models.model import ClipModel
+from napari_clipmed.models.precision import decide
 from napari_clipmed.models.registry import FOLDER_ARCH, ModelSpec, get_spec
 from napari_clipmed.models.weights import resolve_weights
 
@@ -147,14 +148,22 @@ def _load_with_backend(spec: ModelSpec, path: Path | None, device: str | torch.d
     """A model built by a non-open_clip backend (`models.backends`), wrapped like any other."""
     target = pick_device(device)
     network = get_backend(spec.backend).load(spec, path, target)
-    return ClipModel(
+    return _with_precision(ClipModel(
         spec=network.spec,
         module=network.module.to(target).eval(),
         tokenizer=network.tokenizer,
         device=target,
-        precision=resolve_precision(target, precision),
+        precision="fp32" if target.type == "cpu" else resolve_precision(target, precision),
         weights_path=path,
-    )
+    ), precision)
+
+
+def _with_precision(model: ClipModel, precision: Precision) -> ClipModel:
+    """On a CPU, once per load: the precision requested, or `auto`'s measured choice (`models.precision`)."""
+    if model.device.type == "cpu":
+        model.precision_choice = decide(model, precision)
+        model.precision = model.precision_choice.precision
+    return model
 
 
 def load_model(
@@ -190,11 +199,11 @@ def load_model(
         module.load_state_dict(checkpoint.state_dict, strict=True)
     target = pick_device(device)
     module = module.to(target).eval()
-    return ClipModel(
+    return _with_precision(ClipModel(
         spec=spec,
         module=module,
         tokenizer=_make_tokenizer(spec, module),
         device=target,
-        precision=resolve_precision(target, precision),
+        precision="fp32" if target.type == "cpu" else resolve_precision(target, precision),
         weights_path=path,
-    )
+    ), precision)

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from napari_clipmed.models.device import describe
+from napari_clipmed.models.precision import PrecisionChoice
 from napari_clipmed.models.registry import ModelSpec
 from napari_clipmed.progress import ProgressGenerator, run_generator
 
@@ -40,6 +41,7 @@ class ClipModel:
     precision: str
     weights_path: Path | None = None
     cpu_fastpath: bool = True  # use `cpu_fastpath.vision_forward` for fp32 ViTs on a CPU
+    precision_choice: PrecisionChoice | None = None  # why this precision (CPU: measured, see `precision`)
     text_memo: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
     _weights_hash: str | None = field(default=None, repr=False)
 
@@ -75,7 +77,18 @@ class ClipModel:
 
     @property
     def device_label(self) -> str:
-        return describe(self.device, self.precision)
+        """E.g. 'CPU, bf16 (AMX)', 'CPU, fp32 (bf16 not faster)', 'CUDA (NVIDIA H100), bf16'."""
+        choice = self.precision_choice
+        reason = choice.reason if choice is not None and choice.precision == self.precision else ""
+        return describe(self.device, self.precision, reason)
+
+    @property
+    def precision_record(self) -> dict:
+        """For run configs: the precision, why, and the probe's numbers where one ran."""
+        choice = self.precision_choice
+        if choice is None or choice.precision != self.precision:
+            return {"precision": self.precision, "device": self.device_label}
+        return {**choice.to_dict(), "device": self.device_label}
 
     @property
     def weights_hash(self) -> str:
