@@ -84,10 +84,11 @@ def test_grid_neighbours_are_the_patches_one_stride_away(chest_crop, crop_mask) 
     assert 0.08 < len(coarse) / len(patches) < 0.2  # about 1/8 of the grid
 
 
+@pytest.mark.parametrize("priority", ["surrogate", "neighbours"])
 def test_budget_of_the_whole_grid_returns_exactly_the_exhaustive_top_k(chest_crop, crop_mask, tiny_model,
-                                                                       exhaustive) -> None:
+                                                                       exhaustive, priority) -> None:
     # round 2's share of the budget is everything the coarse round left: the whole grid gets scored
-    search = SearchConfig(mode="coarse-to-fine", budget=1.0, max_rounds=2, stable_changes=None)
+    search = SearchConfig(mode="coarse-to-fine", budget=1.0, max_rounds=2, stable_changes=None, priority=priority)
     result = run_ct_montage(chest_crop, tiny_model, replace(BASE, search=search), mask=crop_mask)
     assert result.patches_scored == len(exhaustive.patches) == len(result.patches)
     np.testing.assert_array_equal(result.chosen, exhaustive.chosen)
@@ -181,7 +182,8 @@ def test_scout_scores_the_coarse_round_and_the_chosen_model_the_montage(chest_cr
 def test_search_settings_are_checked_and_saved(chest_crop, crop_mask, tiny_model, tmp_path) -> None:
     for bad, message in (({"mode": "fast"}, "unknown search"), ({"mode": "coarse-to-fine", "budget": 0}, "budget"),
                          ({"mode": "coarse-to-fine", "max_rounds": 1}, "at least 2 rounds"),
-                         ({"scout": "tiny-random"}, "scout"), ({"coarse_factor": 1}, "coarse_factor")):
+                         ({"scout": "tiny-random"}, "scout"), ({"coarse_factor": 1}, "coarse_factor"),
+                         ({"priority": "random"}, "priority")):
         with pytest.raises(InputError, match=message):
             SearchConfig(**bad)
     config = replace(BASE, search=C2F)
