@@ -166,7 +166,7 @@ def test_scout_scores_the_coarse_round_and_the_chosen_model_the_montage(chest_cr
     config = replace(BASE, search=replace(C2F, scout="tiny-random"))
     rounds, final = _drive(iter_run_ct_montage(chest_crop, tiny_model, config, mask=crop_mask, scout_model=scout))
     first = rounds[0].result
-    assert first.patches_scored == 0 and first.scout_model == "tiny-random"
+    assert first.patches_scored == 0 and first.scout_model == scout.identity != tiny_model.identity
     coarse = ~np.isnan(first.scout_score)
     assert coarse[first.chosen].all()
     assert not np.allclose(first.scout_score[coarse], exhaustive.scores.score[coarse], atol=1e-4)
@@ -175,7 +175,7 @@ def test_scout_scores_the_coarse_round_and_the_chosen_model_the_montage(chest_cr
     np.testing.assert_allclose(final.scores.score[scored], exhaustive.scores.score[scored], atol=1e-5)
     assert scored[final.chosen].all() and final.rounds.min() == 0 and 1 not in set(final.rounds)
     summary = final.summary()["search"]
-    assert summary["scout_model"] == "tiny-random" and summary["scout_patches_scored"] == coarse.sum()
+    assert summary["scout_model"] == scout.identity and summary["scout_patches_scored"] == coarse.sum()
     assert "scout_score" in final.patches_frame().columns
 
 

@@ -2,17 +2,16 @@
 
 One generator (`iter_run_ct_montage`) runs the whole chain and returns a `CTMontageResult`,
 which saves itself as montage PNG, patch and montage tables (CSV), scores and the run
-config (JSON), each written atomically (temporary file in the same folder, then `os.replace`).
+config (JSON), each written atomically (`napari_clipmed.io.atomic`).
 """
 
 from __future__ import annotations
 
 import json
 import os
-import tempfile
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -33,7 +32,11 @@ from napari_clipmed.ct.montage import Montage, build_montage
 from napari_clipmed.ct.patches import PatchConfig, Patches, check_patch_config, extract_patches
 from napari_clipmed.ct.search import RoundScored, SearchConfig, SearchState, iter_search
 from napari_clipmed.errors import InputError
+from napari_clipmed.io.atomic import atomic_write
 from napari_clipmed.progress import Progress, ProgressGenerator, forward, run_generator
+
+if TYPE_CHECKING:
+    from napari_clipmed.models.model import ClipModel
 
 
 def _prompts(table: dict[str, tuple[str, ...]]) -> dict[str, tuple[str, ...]]:
@@ -191,20 +194,7 @@ class CTMontageResult:
         }
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
-        return {name: write_atomic(out / name, data) for name, data in payloads.items()}
-
-
-def write_atomic(path: Path, data: bytes) -> Path:
-    """Write `data` to a temporary file next to `path`, then move it into place."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+        return {name: atomic_write(out / name, data) for name, data in payloads.items()}
 
 
 @dataclass(frozen=True)
@@ -215,15 +205,16 @@ class MontageRound(Progress):
 
 
 def _model_name(model: object) -> str:
-    return str(getattr(getattr(model, "spec", None), "name", type(model).__name__))
+    """The model's identity (name + weights hash), as every store and output names it."""
+    return str(getattr(model, "identity", None) or getattr(getattr(model, "spec", None), "name", type(model).__name__))
 
 
 def iter_run_ct_montage(
     volume: CTVolume,
-    model: object,
+    model: ClipModel,
     config: CTMontageConfig | None = None,
     mask: np.ndarray | None = None,
-    scout_model: object | None = None,
+    scout_model: ClipModel | None = None,
 ) -> ProgressGenerator[CTMontageResult]:
     """The whole chain on one volume; yields Progress (lung mask, patches, each batch, montage, classes).
 
@@ -270,7 +261,7 @@ def iter_run_ct_montage(
     return result
 
 
-def _iter_coarse_to_fine(patches: Patches, model: object, cfg: CTMontageConfig, scout_model: object | None,
+def _iter_coarse_to_fine(patches: Patches, model: ClipModel, cfg: CTMontageConfig, scout_model: ClipModel | None,
                          result_of: Any) -> ProgressGenerator[CTMontageResult]:
     """Drive `iter_search`, turning each finished round into a `MontageRound` with its partial result."""
     search = iter_search(patches, model, cfg.search, cfg.k, cfg.nms_distance_mm, cfg.patch_prompts,
@@ -298,7 +289,7 @@ def _iter_coarse_to_fine(patches: Patches, model: object, cfg: CTMontageConfig, 
     return replace(result, partial=False, stop_reason=state.stop_reason)
 
 
-def run_ct_montage(volume: CTVolume, model: object, config: CTMontageConfig | None = None,
-                   mask: np.ndarray | None = None, scout_model: object | None = None) -> CTMontageResult:
+def run_ct_montage(volume: CTVolume, model: ClipModel, config: CTMontageConfig | None = None,
+                   mask: np.ndarray | None = None, scout_model: ClipModel | None = None) -> CTMontageResult:
     """Plain-call twin of `iter_run_ct_montage`."""
     return run_generator(iter_run_ct_montage(volume, model, config, mask, scout_model))
