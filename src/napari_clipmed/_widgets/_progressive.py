@@ -15,7 +15,6 @@ from typing import Any
 from qtpy.QtCore import QTimer
 
 LayerData = tuple[Any, dict[str, Any], str]  # (data, kwargs, "image" | "shapes" | "labels")
-_LOOKS = ("metadata", "scale", "translate")
 
 
 class ProgressiveLayers:
@@ -47,6 +46,7 @@ class ProgressiveLayers:
             objects = list(built) if built is not None else [
                 Layer.create(data, dict(kwargs), kind) for data, kwargs, kind in layer_data]
             self.layers = [self.viewer.add_layer(layer) for layer in objects]
+            self.viewer.layers.selection.active = self.layers[0]  # the first is the one to click on
             self.mark(suffix)
             if then is not None:
                 then()
@@ -54,6 +54,8 @@ class ProgressiveLayers:
         steps: list[Callable[[], None]] = []
         for layer, (data, kwargs, kind) in zip(self.layers, layer_data):
             steps.append(lambda layer=layer, data=data, kind=kind: _set_data(layer, data, kind))
+            if "features" in kwargs:
+                steps.append(lambda layer=layer, kwargs=kwargs: setattr(layer, "features", kwargs["features"]))
             steps.append(lambda layer=layer, kwargs=kwargs: _set_looks(layer, kwargs))
         steps.append(lambda: self.mark(suffix))
         if then is not None:
@@ -94,8 +96,12 @@ def _set_data(layer: Any, data: Any, kind: str) -> None:
 
 
 def _set_looks(layer: Any, kwargs: dict[str, Any]) -> None:
-    if "features" in kwargs:
-        layer.features = kwargs["features"]
-    for key in _LOOKS:
-        if key in kwargs:
+    """Metadata in place (no event: nothing is drawn from it); scale and translate only when they change."""
+    import numpy as np
+
+    if "metadata" in kwargs:
+        layer.metadata.clear()
+        layer.metadata.update(kwargs["metadata"])
+    for key in ("scale", "translate"):
+        if key in kwargs and not np.allclose(np.asarray(getattr(layer, key)), np.asarray(kwargs[key], dtype=float)):
             setattr(layer, key, kwargs[key])
