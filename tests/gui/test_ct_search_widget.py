@@ -108,14 +108,11 @@ def test_event_loop_stays_responsive_while_rounds_update_in_place(viewer: Any, q
     adding the final layers of an exhaustive run is in test_responsiveness.py: the gaps that
     contain it are left out, every later round's update is measured.
     """
-    from qtpy.QtCore import QTimer
+    from gui_support import INTERVAL_MS, LatencyProbe
 
     widget = _widget(viewer, tiny_model)
-    ticks: list[float] = []
+    probe = LatencyProbe()
     adds: list[tuple[float, float]] = []
-    timer = QTimer()
-    timer.setInterval(10)
-    timer.timeout.connect(lambda: ticks.append(time.perf_counter()))
 
     def timed_show(*args: Any, **kwargs: Any) -> bool:
         start = time.perf_counter()
@@ -138,14 +135,13 @@ def test_event_loop_stays_responsive_while_rounds_update_in_place(viewer: Any, q
     def probed_run_job(job: Any, on_result: Any, **kwargs: Any) -> Any:
         def on_result_probed(result: Any) -> None:
             done.append(time.perf_counter())
-            timer.stop()
+            probe.timer.stop()
             on_result(result)
 
         return run_job(job, on_result_probed, **kwargs)
 
     widget.run_job = probed_run_job  # type: ignore[method-assign]
-    ticks.append(time.perf_counter())
-    timer.start()
+    probe.start()
     worker = widget.run()
     assert worker is not None
     # the run replaced widget._shown: wrap the new one's show to time the first add
@@ -153,7 +149,8 @@ def test_event_loop_stays_responsive_while_rounds_update_in_place(viewer: Any, q
     widget._shown.show = timed_show  # type: ignore[method-assign]
     qtbot.waitUntil(lambda: widget.worker is None, timeout=120_000)
     assert widget.last_error is None and len(done) == 1 and len(rounds) >= 2 and len(adds) == 1
+    ticks = probe.ticks
     gaps = [(a, b) for a, b in zip(ticks, ticks[1:]) if not any(a <= s and e <= b for s, e in adds)]
     assert len(gaps) >= 20, "the job was too short to measure the event loop"
-    latency = max(b - a for a, b in gaps) - 0.010
+    latency = max(b - a for a, b in gaps) - INTERVAL_MS / 1000.0
     assert latency < 0.100, f"the event loop stalled for {latency * 1000:.0f} ms during the run"
