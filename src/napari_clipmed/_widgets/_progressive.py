@@ -89,9 +89,14 @@ class ProgressiveLayers:
 
 
 def _set_data(layer: Any, data: Any, kind: str) -> None:
+    """Replace the layer's data, unless the round left it unchanged (a shapes update is the slow one)."""
+    import numpy as np
+
     if kind == "shapes":
+        if len(layer.data) == len(data) and all(np.array_equal(a, b) for a, b in zip(layer.data, data)):
+            return
         layer.data = [(vertices, "rectangle") for vertices in data]
-    else:
+    elif not (np.shape(layer.data) == np.shape(data) and np.array_equal(layer.data, data)):
         layer.data = data
 
 

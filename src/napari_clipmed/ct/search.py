@@ -324,7 +324,9 @@ class Surrogate:
     """
 
     def __init__(self, patches: Patches, size: int = 8, lam: float = 1.0) -> None:
-        thumbs = patches.images(size=size).astype(np.float32).reshape(len(patches), -1) / 255.0
+        thumbs = np.empty((len(patches), size * size * 3), np.float32)
+        for idx, images in patches.iter_images(batch_size=64, size=size):  # small C calls: a GUI thread gets the GIL
+            thumbs[idx] = images.reshape(len(idx), -1) / 255.0
         lung = np.nan_to_num(patches.lung_fraction, nan=1.0)[:, None]
         x = np.concatenate([thumbs, lung], axis=1).astype(np.float64)
         self.x = (x - x.mean(axis=0)) / (x.std(axis=0) + 1e-6)
