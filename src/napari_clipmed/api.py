@@ -61,8 +61,8 @@ def ct_montage(
 ) -> CTMontageOutput:
     """Run the CT ILD montage on a 3-D Image layer (or its name) and add the montage and patch boxes layers.
 
-    `fields` are the widget's: patch_size_mm, stride_mm, k, min_distance_mm, patch_prompts,
-    normal_classes, class_prompts (any prompt syntax, or "ILD vs no ILD" / "UIP vs other"),
+    `fields` are the widget's: search ("exhaustive" or "coarse-to-fine"), patch_size_mm, stride_mm, k,
+    min_distance_mm, patch_prompts, normal_classes, class_prompts (any prompt syntax, or "ILD vs no ILD" / "UIP vs other"),
     min_lung_fraction, batch_size. `mask` is an optional Labels layer or array (non-zero = lung).
     The source layer is not modified.
     """

@@ -130,11 +130,14 @@ def test_ct_montage_widget_api_cli(viewer: Any, qtbot: Any, tiny_model: Any, ct_
     (layer,) = viewer.open(str(path), plugin="napari-clipmed")
     api.load_model(viewer, "tiny-random")
     by_api = api.ct_montage(viewer, layer, k=5, stride_mm=24.0, add_layers=False)
+    by_api_c2f = api.ct_montage(viewer, layer, k=5, stride_mm=24.0, search="coarse-to-fine", add_layers=False)
+    assert by_api_c2f.patches_scored < by_api.patches_scored == len(by_api.patches)
 
     widget = CTMontageWidget(viewer)
     viewer.window.add_dock_widget(widget)
     widget.image.value = layer
     widget.k.value, widget.stride.value = 5, 24.0
+    widget.search.value = "exhaustive"  # as the CLI and api default
     wait_done(qtbot, widget, widget.run(), timeout=120_000)
     assert widget.last_error is None, widget.last_error
 

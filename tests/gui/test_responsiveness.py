@@ -58,6 +58,7 @@ def test_gui_stays_responsive_during_a_ct_montage(viewer: Any, qtbot: Any, tiny_
     widget.session.model, widget.session.choice = tiny_model, ModelChoice("tiny-random")
     widget.k.value = 9
     widget.stride.value = 8.0  # many candidate patches: a run long enough to measure
+    widget.search.value = "exhaustive"  # coarse-to-fine (rounds shown as they finish): test_ct_search_widget.py
     latency, ticks = run_and_probe(qtbot, widget)
     assert widget.last_error is None and widget.montage_layer is not None
     assert ticks >= 20, "the job was too short to measure the event loop"

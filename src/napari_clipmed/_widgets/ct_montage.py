@@ -1,15 +1,20 @@
 """CT ILD patch montage widget: score lung patches of a CT volume with CLIP, show the top k and the verdict.
 
-The core (`napari_clipmed.ct.pipeline.iter_run_ct_montage`) runs in a worker: lung mask, patches of a
+The operation (`napari_clipmed.ops.ct_montage`) runs in a worker: lung mask, patches of a
 physical size, zero-shot scores against ILD finding prompts, top k spread out in 3-D, a montage
 and its zero-shot class probabilities (ILD vs no ILD, or UIP vs other). The widget adds the
 chosen patch boxes (Shapes, on their slices) and the montage (RGB Image), fills a probability
 table and a patch table; picking a row, or clicking a montage cell, goes to that patch.
+
+With the coarse-to-fine search (the default) the montage, boxes and tables appear after the first
+round and are updated in place as later rounds finish, marked "refining (round 2 of <= 4)"; a
+cancelled run keeps its last complete round on screen, named partial, and writes nothing.
 """
 
 from __future__ import annotations
 
 import warnings
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from magicgui.widgets import ComboBox, FloatSpinBox, LineEdit, SpinBox
@@ -17,15 +22,26 @@ from qtpy.QtWidgets import QAbstractItemView, QPlainTextEdit, QTableWidget, QTab
 
 from napari_clipmed import layers
 from napari_clipmed._widgets._base import ClipmedWidget, notify_info
+from napari_clipmed._widgets._progressive import ProgressiveLayers
 from napari_clipmed.ct.io import CTWarning
+from napari_clipmed.ct.pipeline import MontageRound
 from napari_clipmed.errors import ClipmedError, InputError
 from napari_clipmed.ops import ct_montage as op
+from napari_clipmed.progress import Progress
 from napari_clipmed.zeroshot import format_classes, parse_classes
 
 if TYPE_CHECKING:
     import napari
 
     from napari_clipmed.ct.pipeline import CTMontageConfig
+
+@dataclass(frozen=True)
+class RoundShown(Progress):
+    """A finished search round on its way to the GUI thread: its result and layer data."""
+
+    output: Any = None
+    layer_data: Any = None
+
 
 PATCH_COLUMNS: tuple[tuple[str, str], ...] = (
     ("rank", "#"), ("prompt", "top finding"), ("score", "score"), ("slice", "slice"),
@@ -60,6 +76,7 @@ class CTMontageWidget(ClipmedWidget):
         self.montage_layer: Any = None
         self._source: Any = None
         self._table_frame: Any = None
+        self._shown = ProgressiveLayers(viewer)  # this run's layers, updated in place round by round
 
         self.image = self.layer_combo("CT volume", _is_image)
         self.mask = ComboBox(label="lung mask", nullable=True, value=None, tooltip=(
@@ -75,8 +92,11 @@ class CTMontageWidget(ClipmedWidget):
             "patch prompt(s) that mean normal lung (comma-separated); a patch's score is 1 - P(normal)"))
         self.class_set = ComboBox(label="classes", choices=[*op.CLASS_SET_NAMES, "custom"],
                                   value="ILD vs no ILD")
+        self.search = ComboBox(label="search", choices=["coarse-to-fine", "exhaustive"], value="coarse-to-fine",
+                               tooltip="coarse-to-fine: a first montage from a coarse grid in a fraction of the time, "
+                               "refined round by round; exhaustive: score every patch")
         self.form.extend([self.image, self.mask, self.patch_size, self.stride, self.k, self.min_distance,
-                          self.normal, self.class_set])
+                          self.normal, self.class_set, self.search])
 
         self.patch_prompts = QPlainTextEdit(format_classes(dict(ILD_PATCH_PROMPTS)))
         self.patch_prompts.setToolTip("one finding per line: 'name' or 'name: phrasing 1; phrasing 2'")
@@ -129,6 +149,7 @@ class CTMontageWidget(ClipmedWidget):
             patch_prompts=parse_classes(self.patch_prompts.toPlainText()),
             normal_classes=self.normal.value,
             class_prompts=parse_classes(self.class_prompts.toPlainText()),
+            search=self.search.value,
         )
 
     # --- run ---------------------------------------------------------------------------------------
@@ -151,27 +172,72 @@ class CTMontageWidget(ClipmedWidget):
         for note in volume.notes:
             notify_info(f"{layer.name}: {note}")
         geometry = layers.volume_geometry(layer)
+        self._shown = ProgressiveLayers(self.viewer)  # a new run gets new layers; the last run's stay
+        name = str(volume.source or "CT")
 
         def job() -> Any:
-            result = yield from op.iter_run(request, model)
-            return result, layers.build_layers(result.to_layer_data(geometry))  # built off the GUI thread
+            first = True
+            gen = op.iter_run(request, model)
+            while True:
+                try:
+                    step = next(gen)
+                except StopIteration as stop:
+                    output = stop.value
+                    break
+                if isinstance(step, MontageRound) and step.result is not None:
+                    partial = op.CTMontageOutput(step.result, name)
+                    # layer data (tables, shapes) made off the GUI thread; the first round's layers are built
+                    # when added: building napari layers here would hold the GIL while the rounds flow
+                    yield RoundShown(step.done, step.total, step.message, partial, partial.to_layer_data(geometry))
+                    first = False
+                else:
+                    yield step
+            data = output.to_layer_data(geometry)
+            return output, data, layers.build_layers(data) if first else None
 
-        def show(out: tuple[op.CTMontageOutput, list[Any]]) -> None:
-            self.show_result(out[0], geometry, out[1])
+        def show(out: tuple[op.CTMontageOutput, list[Any], list[Any] | None]) -> None:
+            self.show_result(out[0], geometry, out[2], out[1])
 
-        return self.run_job(job, show, description=f"scoring lung patches of {layer.name} ...")
+        worker = self.run_job(job, show, description=f"scoring lung patches of {layer.name} ...")
+        if worker is not None:
+            worker.yielded.connect(lambda step: self._show_round(step, geometry))
+            worker.aborted.connect(self._keep_partial)
+        return worker
+
+    def _show_round(self, step: Any, geometry: Any) -> None:
+        """A round finished: show its montage, boxes and tables (added once, then updated in place)."""
+        if not isinstance(step, RoundShown) or self._cancel_requested:
+            return
+        r = step.output
+        marker = f" (refining: round {r.search_round} of <= {r.max_rounds})"
+        self.show_result(r, geometry, None, step.layer_data, suffix=marker)
+        self.controls.status.setText(f"refining (round {r.search_round} of <= {r.max_rounds}): "
+                                     f"{r.patches_scored} of {len(r.patches)} patches scored")
+
+    def _keep_partial(self) -> None:
+        """Cancelled: the last complete round stays on screen, named partial; nothing is written."""
+        if self.result is None or not self._shown.alive() or not self.result.partial:
+            return
+        r = self.result
+        self._shown.mark(f" (partial: round {r.search_round} of <= {r.max_rounds}, cancelled)")
+        self.controls.status.setText(f"cancelled: showing round {r.search_round}'s partial result "
+                                     f"({r.patches_scored} of {len(r.patches)} patches scored); nothing was saved")
 
     # --- results -----------------------------------------------------------------------------------
-    def show_result(self, result: op.CTMontageOutput, geometry: Any, built: list[Any] | None = None) -> None:
-        """Add the montage and patch boxes layers (built in the worker when given) and fill the tables (GUI thread)."""
-        self._release_montage()
+    def show_result(self, result: op.CTMontageOutput, geometry: Any, built: list[Any] | None = None,
+                    layer_data: list[Any] | None = None, suffix: str = "") -> None:
+        """Show a (partial or final) result: add the montage and patch boxes layers (built in the worker
+        when given) the first time, update them in place after; fill the tables (GUI thread)."""
         self.result, self._source = result, geometry
-        self.montage_layer, self.boxes_layer = layers.add_layers(
-            self.viewer, built if built is not None else result.to_layer_data(geometry))
-        self.montage_layer.mouse_drag_callbacks.append(self._on_montage_click)
-        self._table_frame = self.boxes_layer.features
-        self._fill_tables(result)
-        self.viewer.layers.selection.active = self.montage_layer  # so a click on a cell reaches it
+        data = layer_data if layer_data is not None else result.to_layer_data(geometry)
+        self._table_frame = next(kwargs["features"] for _, kwargs, kind in data if kind == "shapes")
+        added = self._shown.show(data, built, suffix=suffix, then=lambda: self._fill_tables(result))
+        if not result.partial:
+            self._shown.flush()  # the final result: complete when the run reports done
+        if added:
+            self._release_montage()  # the last run's montage layer stays, without our click callback
+            self.montage_layer, self.boxes_layer = self._shown.layers
+            self.montage_layer.mouse_drag_callbacks.append(self._on_montage_click)  # selected: a click reaches it
 
     def _release_montage(self) -> None:
         """Take the montage-click callback off the montage layer (a new result, or the widget closing)."""

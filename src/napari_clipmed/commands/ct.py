@@ -53,8 +53,14 @@ def config_from_args(args: argparse.Namespace):  # -> CTMontageConfig
         "class_prompts": ct_prompts(args.classes) if args.classes else None,
         "patch_prompts": ct_prompts(args.patch_prompts) if args.patch_prompts else None,
     }.items() if v is not None}
+    search = {k: v for k, v in {
+        "mode": args.search, "budget": args.budget, "max_rounds": args.max_rounds, "scout": args.scout,
+        "stable_changes": args.stable_changes,
+    }.items() if v is not None}
+    if args.scout and "mode" not in search:
+        search["mode"] = "coarse-to-fine"  # a scout only makes sense there
     try:
-        cfg = replace(cfg, patch=replace(cfg.patch, **patch), **top)
+        cfg = replace(cfg, patch=replace(cfg.patch, **patch), search=replace(cfg.search, **search), **top)
     except TypeError as err:
         raise InputError(f"CT montage settings of the wrong type ({err})") from None
     check_config(cfg)
@@ -80,6 +86,15 @@ def _add_pipeline_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--classes", help="montage classes: preset (ild, uip), YAML/JSON file or inline JSON (default ild)")
     g.add_argument("--patch-prompts", help="patch finding prompts: YAML/JSON file or inline JSON (default: ILD findings)")
     g.add_argument("--batch-size", type=int, help="patches per model batch (default 64)")
+    g = p.add_argument_group("patch search")
+    g.add_argument("--search", choices=("exhaustive", "coarse-to-fine"),
+                   help="score every patch (default), or a coarse grid refined around the best until the top k is stable")
+    g.add_argument("--budget", type=float, help="coarse-to-fine: most patches scored, as a fraction of the grid (default 0.3)")
+    g.add_argument("--max-rounds", type=int, help="coarse-to-fine: rounds including the coarse one (default 4)")
+    g.add_argument("--stable-changes", type=int,
+                   help="coarse-to-fine: stop when a round changes at most this many chosen patches (default 0)")
+    g.add_argument("--scout", metavar="MODEL",
+                   help="coarse-to-fine: a smaller registry model that scores the coarse round (e.g. openai-vit-b-32)")
     p.add_argument("--quiet", action="store_true", help="no progress output")
 
 
@@ -93,14 +108,22 @@ def _ct_montage(args: argparse.Namespace) -> int:
     volume = read_ct(args.volume, series_id=args.series)  # bad input fails here, before the model loads
     request = op.CTMontageRequest(volume, config_from_args(args))
     model = model_from_args(args)
+    scout = None
+    if request.config.search.scout:
+        from napari_clipmed.models.loader import load_model
+
+        scout = load_model(request.config.search.scout, weights_dir=args.weights_dir, device=args.device)
     printer = CliProgress(args.quiet)
-    try:
-        result = run_generator(op.iter_run(request, model), printer)
+    try:  # the rounds' partial results go by: only the final result is written
+        result = run_generator(op.iter_run(request, model, scout_model=scout), printer)
     finally:
         printer.close()
     files = result.save(args.out)
     probs = ", ".join(f"{k} {v:.3f}" for k, v in result.probabilities.items())
-    print(f"{len(result.patches)} lung patches, montage of {len(result.chosen)}: {probs}")
+    scored = "" if result.patches_scored == len(result.patches) else (
+        f" ({result.patches_scored} scored in {result.search_round} rounds"
+        + (f", coarse round by scout {result.scout_model}" if result.scout_model else "") + ")")
+    print(f"{len(result.patches)} lung patches{scored}, montage of {len(result.chosen)}: {probs}")
     print(f"wrote {', '.join(p.name for p in files.values())} to {args.out}")
     return 0
 

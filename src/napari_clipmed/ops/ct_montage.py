@@ -92,8 +92,14 @@ def montage_config(
     class_prompts: PromptSource = "ILD vs no ILD",
     min_lung_fraction: float = 0.5,
     batch_size: int = 64,
+    search: str = "exhaustive",
 ) -> CTMontageConfig:
-    """A checked `CTMontageConfig` from the widget's fields (prompts in any `PromptSet.parse` syntax)."""
+    """A checked `CTMontageConfig` from the widget's fields (prompts in any `PromptSet.parse` syntax).
+
+    `search`: "exhaustive" (every patch) or "coarse-to-fine" (`ct.search`, its default budget and rounds).
+    """
+    from napari_clipmed.ct.search import SearchConfig
+
     base = CTMontageConfig()
     prompts = ct_prompts(patch_prompts) if patch_prompts is not None else dict(base.patch_prompts)
     if isinstance(normal_classes, str):
@@ -107,7 +113,7 @@ def montage_config(
                     min_lung_fraction=float(min_lung_fraction))
     cfg = replace(base, patch=patch, patch_prompts=prompts, normal_classes=normals, k=int(k),
                   min_distance_mm=None if min_distance_mm is None else float(min_distance_mm),
-                  class_prompts=ct_prompts(class_prompts), batch_size=int(batch_size))
+                  class_prompts=ct_prompts(class_prompts), batch_size=int(batch_size), search=SearchConfig(mode=search))
     check_config(cfg)
     return cfg
 
@@ -138,6 +144,11 @@ class CTMontageOutput:
         volume = geometry.last(3)
         image, image_kwargs = montage_image(self.result, volume, self.source_name)
         boxes, box_kwargs = patch_boxes(self.result, volume, self.source_name)
+        r = self.result  # a coarse-to-fine round's partial result says so in both layers
+        search = {"partial": bool(r.partial), "search_round": r.search_round, "max_rounds": r.max_rounds,
+                  "patches_scored": r.patches_scored}
+        for kwargs in (image_kwargs, box_kwargs):
+            kwargs.setdefault("metadata", {}).update(search)
         return [(image, image_kwargs, "image"), (boxes, box_kwargs, "shapes")]
 
     def probability_table(self) -> list[tuple[str, float]]:
@@ -145,17 +156,22 @@ class CTMontageOutput:
         return sorted(self.result.probabilities.items(), key=lambda kv: -kv[1])
 
 
-def iter_run(request: CTMontageRequest, model: ClipModel) -> ProgressGenerator[CTMontageOutput]:
-    """Lung mask, patches, scores, top k with 3-D NMS, montage, zero-shot classes (`ct.pipeline`)."""
+def iter_run(request: CTMontageRequest, model: ClipModel,
+             scout_model: ClipModel | None = None) -> ProgressGenerator[CTMontageOutput]:
+    """Lung mask, patches, scores, top k with 3-D NMS, montage, zero-shot classes (`ct.pipeline`).
+
+    With the coarse-to-fine search a `ct.pipeline.MontageRound` (a Progress holding that round's
+    partial `CTMontageResult`) follows every round; `scout_model` scores the coarse round.
+    """
     from napari_clipmed.ct.pipeline import iter_run_ct_montage
 
-    result = yield from iter_run_ct_montage(request.volume, model, request.config, request.mask)
+    result = yield from iter_run_ct_montage(request.volume, model, request.config, request.mask, scout_model=scout_model)
     return CTMontageOutput(result, str(request.volume.source or "CT"))
 
 
-def run(request: CTMontageRequest, model: ClipModel) -> CTMontageOutput:
+def run(request: CTMontageRequest, model: ClipModel, scout_model: ClipModel | None = None) -> CTMontageOutput:
     """Plain-call twin of `iter_run`."""
-    return run_generator(iter_run(request, model))
+    return run_generator(iter_run(request, model, scout_model))
 
 
 def patch_table(result: CTMontageResult) -> Any:
