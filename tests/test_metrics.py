@@ -148,3 +148,22 @@ def test_retrieval_metrics_reject_k_beyond_neighbours() -> None:
     out = m.retrieval_metrics([0], [[0, 1, 0]], [1, 3])
     assert out["top@1"] == 1.0 and out["precision@3"] == pytest.approx(2 / 3) and out["majority@3"] == 1.0
     assert set(out) == {f"{name}@{k}" for name in ("top", "majority", "precision", "map") for k in (1, 3)}
+
+
+def test_expected_calibration_error_matches_sklearn_calibration_curve() -> None:
+    from sklearn.calibration import calibration_curve
+
+    from napari_clipmed.metrics import expected_calibration_error
+
+    rng = np.random.default_rng(7)
+    probs = rng.dirichlet(np.full(4, 0.6), size=800)
+    labels = rng.integers(0, 4, size=800)
+    conf, correct = probs.max(axis=1), probs.argmax(axis=1) == labels
+    for n_bins in (5, 15):
+        frac_true, mean_conf = calibration_curve(correct, conf, n_bins=n_bins, strategy="uniform")
+        counts, _ = np.histogram(conf, bins=np.linspace(0, 1, n_bins + 1))
+        counts = counts[counts > 0]
+        reference = float(np.sum(counts / len(conf) * np.abs(frac_true - mean_conf)))
+        assert expected_calibration_error(labels, probs, n_bins) == pytest.approx(reference, abs=1e-12)
+    perfect = np.eye(3)[[0, 1, 2, 1]]
+    assert expected_calibration_error([0, 1, 2, 1], perfect) == 0.0

@@ -95,6 +95,7 @@ class ZeroShotClassifier:
     class_embeddings: np.ndarray  # (C, D), rows L2-normalised
     logit_scale: float
     model_signature: str = ""
+    temperature: float = 1.0  # softmax(logits / T); fitted by `calibration.calibrate_temperature`
 
     @classmethod
     def from_prompts(
@@ -132,7 +133,7 @@ class ZeroShotClassifier:
 
     def predict_proba(self, image_embeddings: np.ndarray) -> np.ndarray:
         """(N, C) softmax probabilities."""
-        logits = self.logits(image_embeddings).astype(np.float64)
+        logits = self.logits(image_embeddings).astype(np.float64) / self.temperature
         logits -= logits.max(axis=1, keepdims=True)
         probs = np.exp(logits)
         return (probs / probs.sum(axis=1, keepdims=True)).astype(np.float32)
@@ -161,7 +162,11 @@ class ZeroShotResult:
     def to_frame(self):  # -> pandas.DataFrame
         import pandas as pd
 
+        from napari_clipmed.calibration import confidence_columns
+
         frame = pd.DataFrame(self.probabilities, columns=[f"p({c})" for c in self.classes])
+        for i, (name, values) in enumerate(confidence_columns(self.probabilities).items()):
+            frame.insert(i, name, values)
         frame.insert(0, "predicted", self.predicted)
         if self.ids:
             frame.insert(0, "id", self.ids)

@@ -50,7 +50,7 @@ def test_zeroshot_command_scores_a_labelled_tile_set(tile_root: Path, tmp_path: 
     preds = tmp_path / "preds.csv"
     assert main(["zeroshot", "--data", str(tile_root), "--model", "tiny-random", "--out", str(preds), "--quiet"]) == 0
     frame = pd.read_csv(preds)
-    assert list(frame.columns) == ["path", "label", "predicted", "p(cmu_skin)", "p(he_carcinoma)"]
+    assert list(frame.columns) == ["path", "label", "predicted", "probability", "margin", "entropy", "p(cmu_skin)", "p(he_carcinoma)"]
     assert len(frame) == 24
     np.testing.assert_allclose(frame[["p(cmu_skin)", "p(he_carcinoma)"]].sum(axis=1), 1, atol=1e-5)
     printed = dict(line.split(": ") for line in capsys.readouterr().out.splitlines() if line.startswith("zeroshot_"))
@@ -68,7 +68,7 @@ def test_zeroshot_command_on_one_image_needs_classes(tile_root: Path, tmp_path: 
     assert main(["zeroshot", "--data", str(image), "--model", "tiny-random", "--classes", "tumour,stroma,fat",
                  "--out", str(tmp_path / "p.csv"), "--quiet"]) == 0
     frame = pd.read_csv(tmp_path / "p.csv")
-    assert list(frame.columns) == ["path", "predicted", "p(tumour)", "p(stroma)", "p(fat)"] and len(frame) == 1
+    assert list(frame.columns) == ["path", "predicted", "probability", "margin", "entropy", "p(tumour)", "p(stroma)", "p(fat)"] and len(frame) == 1
 
 
 def test_retrieve_command_leave_one_out_and_saved_index(tile_root: Path, tmp_path: Path) -> None:

@@ -97,10 +97,14 @@ class ZeroShotEvaluation:
     scores: dict[str, float] = field(default_factory=dict)
 
     def to_frame(self) -> pd.DataFrame:
-        """One row per tile: path[, label], predicted, p(<class>)..."""
+        """One row per tile: path[, label], predicted, probability, margin, entropy, p(<class>)..."""
         import pandas as pd
 
+        from napari_clipmed.calibration import confidence_columns
+
         frame = pd.DataFrame(self.probabilities, columns=[f"p({c})" for c in self.classes])
+        for i, (name, values) in enumerate(confidence_columns(self.probabilities).items()):
+            frame.insert(i, name, values)
         frame.insert(0, "predicted", [self.classes[i] for i in np.argmax(self.probabilities, axis=1)])
         if self.true is not None:
             frame.insert(0, "label", self.true)

@@ -1,0 +1,190 @@
+"""Calibrated, abstaining zero-shot: confidence per tile, temperature scaling, abstention.
+
+- `confidence`: per tile, the top probability, the margin between the top two classes and the
+  entropy of the class distribution (nats).
+- `fit_temperature`: the temperature T that minimises the negative log-likelihood of the true
+  classes under softmax(logits / T) on a labelled set (Guo et al., 2017). T > 1 softens an
+  over-confident model, T < 1 sharpens an under-confident one; the ranking of classes, hence
+  the accuracy, is unchanged.
+- `calibrate_temperature`: splits a labelled set (stratified, seeded) into a part to fit T and a
+  held-out part on which the expected calibration error is reported before and after.
+- `abstain`: "uncertain" where the top probability is under a threshold or the tile failed the
+  quality gate; `threshold_for_coverage` picks the threshold that keeps a target share of tiles.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from napari_clipmed.errors import InputError
+from napari_clipmed.metrics import expected_calibration_error
+
+UNCERTAIN = "uncertain"
+MIN_PER_CLASS = 10  # fewer labelled tiles per class give a temperature no better than a guess
+T_RANGE = (0.01, 100.0)
+
+
+def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
+    """Row-wise softmax of logits / temperature, in float64."""
+    z = np.asarray(logits, dtype=np.float64) / float(temperature)
+    z = z - z.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=1, keepdims=True)
+
+
+@dataclass(frozen=True)
+class Confidence:
+    """Per tile: top probability, top-1 minus top-2 probability, entropy (nats)."""
+
+    probability: np.ndarray
+    margin: np.ndarray
+    entropy: np.ndarray
+
+
+def confidence(probabilities: np.ndarray) -> Confidence:
+    """Top probability, margin and entropy of each row of an (N, C) probability matrix."""
+    p = np.asarray(probabilities, dtype=np.float64)
+    if p.ndim != 2 or p.shape[1] < 2:
+        raise InputError(f"need an (N, C) probability matrix with at least two classes; got shape {p.shape}")
+    top2 = -np.partition(-p, 1, axis=1)[:, :2]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        entropy = -np.sum(np.where(p > 0, p * np.log(p), 0.0), axis=1)
+    return Confidence(top2[:, 0], top2[:, 0] - top2[:, 1], entropy)
+
+
+def confidence_columns(probabilities: np.ndarray) -> dict[str, np.ndarray]:
+    """The table columns every zero-shot result carries: probability, margin, entropy."""
+    c = confidence(probabilities)
+    return {"probability": c.probability, "margin": c.margin, "entropy": c.entropy}
+
+
+def _nll(logits: np.ndarray, labels: np.ndarray, temperature: float) -> float:
+    z = logits / temperature
+    z = z - z.max(axis=1, keepdims=True)
+    log_norm = np.log(np.exp(z).sum(axis=1))
+    return float(np.mean(log_norm - z[np.arange(len(labels)), labels]))
+
+
+def fit_temperature(logits: np.ndarray, labels: Sequence[int] | np.ndarray) -> float:
+    """The temperature minimising the mean negative log-likelihood (bounded search on log T)."""
+    from scipy.optimize import minimize_scalar
+
+    z = np.asarray(logits, dtype=np.float64)
+    y = np.asarray(labels, dtype=np.int64)
+    if z.ndim != 2 or y.shape != (z.shape[0],):
+        raise InputError(f"need logits (N, C) and labels (N,); got {z.shape} and {y.shape}")
+    lo, hi = (math.log(t) for t in T_RANGE)
+    best = minimize_scalar(lambda s: _nll(z, y, math.exp(s)), bounds=(lo, hi), method="bounded",
+                           options={"xatol": 1e-4})
+    return float(math.exp(best.x))
+
+
+def check_labelled(labels: Sequence[int] | np.ndarray, class_names: Sequence[str], min_per_class: int = MIN_PER_CLASS) -> None:
+    """One clear error for a labelled set that cannot calibrate: one class only, or too few tiles per class."""
+    y = np.asarray(labels)
+    counts = {name: int(np.sum(y == i)) for i, name in enumerate(class_names)}
+    present = [n for n, c in counts.items() if c > 0]
+    if len(present) < 2:
+        raise InputError(f"calibration needs labelled tiles of at least two classes; got only {present or 'none'}")
+    few = {n: c for n, c in counts.items() if 0 < c < min_per_class}
+    if few:
+        listed = ", ".join(f"{n} ({c})" for n, c in few.items())
+        raise InputError(f"calibration needs at least {min_per_class} labelled tiles per class "
+                         f"(half fit the temperature, half measure it); too few: {listed}")
+
+
+def stratified_halves(labels: np.ndarray, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Indices of a fitting half and a held-out half, each class split evenly (seeded)."""
+    rng = np.random.default_rng(seed)
+    fit, held = [], []
+    for c in np.unique(labels):
+        idx = rng.permutation(np.flatnonzero(labels == c))
+        cut = len(idx) // 2
+        fit.append(idx[:cut])
+        held.append(idx[cut:])
+    return np.sort(np.concatenate(fit)), np.sort(np.concatenate(held))
+
+
+@dataclass(frozen=True)
+class TemperatureCalibration:
+    """A fitted temperature and the held-out expected calibration error before and after it."""
+
+    temperature: float
+    ece_before: float
+    ece_after: float
+    n_fit: int
+    n_held_out: int
+    accuracy_held_out: float
+    n_bins: int = 15
+
+    def to_dict(self) -> dict[str, float | int]:
+        return {"temperature": self.temperature, "ece_before": self.ece_before, "ece_after": self.ece_after,
+                "n_fit": self.n_fit, "n_held_out": self.n_held_out, "accuracy_held_out": self.accuracy_held_out,
+                "ece_bins": self.n_bins}
+
+
+def calibrate_temperature(
+    logits: np.ndarray, labels: np.ndarray, class_names: Sequence[str], *, seed: int = 0,
+    min_per_class: int = MIN_PER_CLASS, n_bins: int = 15,
+) -> TemperatureCalibration:
+    """Fit T on one stratified half of a labelled set; report ECE before/after on the other half.
+
+    `labels` index the columns of `logits` (the prompt classes, `class_names`).
+    """
+    z = np.asarray(logits, dtype=np.float64)
+    y = np.asarray(labels, dtype=np.int64)
+    check_labelled(y, class_names, min_per_class)
+    fit, held = stratified_halves(y, seed)
+    t = fit_temperature(z[fit], y[fit])
+    before = expected_calibration_error(y[held], softmax(z[held]), n_bins)
+    after = expected_calibration_error(y[held], softmax(z[held], t), n_bins)
+    accuracy = float(np.mean(np.argmax(z[held], axis=1) == y[held]))
+    return TemperatureCalibration(t, before, after, len(fit), len(held), accuracy, n_bins)
+
+
+def threshold_for_coverage(top_probability: np.ndarray, coverage: float) -> float:
+    """The smallest top-probability threshold that keeps at most `coverage` of the tiles (ties kept together)."""
+    p = np.sort(np.asarray(top_probability, dtype=np.float64))[::-1]
+    if not 0.0 < coverage <= 1.0:
+        raise InputError(f"coverage is the share of tiles to keep, in (0, 1]; got {coverage!r}")
+    if p.size == 0:
+        raise InputError("no tiles to choose a threshold on")
+    keep = max(1, int(math.floor(coverage * p.size + 1e-9)))
+    if keep >= p.size:
+        return float(p[-1])
+    # keep tiles with p >= threshold: a threshold just above the first tile left out
+    return float(np.nextafter(p[keep], np.inf)) if p[keep] < p[keep - 1] else float(np.nextafter(p[keep - 1], np.inf))
+
+
+def abstain(
+    predicted: Sequence[str], top_probability: np.ndarray, threshold: float = 0.0,
+    gate_passed: np.ndarray | None = None,
+) -> tuple[list[str], list[str]]:
+    """Labels with "uncertain" where the tile is not trusted, and why ("" where it is)."""
+    p = np.asarray(top_probability, dtype=np.float64)
+    labels, why = [], []
+    for i, label in enumerate(predicted):
+        reasons = []
+        if gate_passed is not None and not bool(gate_passed[i]):
+            reasons.append("failed the quality gate")
+        if p[i] < threshold:
+            reasons.append(f"top probability {p[i]:.3f} < {threshold:.3f}")
+        labels.append(UNCERTAIN if reasons else str(label))
+        why.append("; ".join(reasons))
+    return labels, why
+
+
+def selective_curve(correct: np.ndarray, score: np.ndarray, points: int = 20) -> list[tuple[float, float]]:
+    """(coverage, accuracy) keeping the highest-scoring share of tiles, at `points` coverages up to 1."""
+    ok = np.asarray(correct, dtype=np.float64)
+    order = np.argsort(-np.asarray(score, dtype=np.float64), kind="stable")
+    hits = np.cumsum(ok[order])
+    out = []
+    for k in range(1, points + 1):
+        n = max(1, int(round(k / points * len(ok))))
+        out.append((n / len(ok), float(hits[n - 1] / n)))
+    return out
