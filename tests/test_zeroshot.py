@@ -103,3 +103,68 @@ def test_embeddings_of_another_model_are_refused(tiny) -> None:
     classifier = ZeroShotClassifier.from_prompts(tiny, CLASSES)
     with pytest.raises(InputError, match="another model"):
         classifier.predict_proba(np.ones((2, 512), np.float32))
+
+
+def test_parse_reads_every_syntax_into_the_same_prompt_set(tmp_path) -> None:
+    """Widget text, a comma list, a dict, a YAML file, a JSON file and inline JSON give one PromptSet."""
+    expected = PromptSet.from_spec({"tumour": ("tumor tissue", "carcinoma"), "stroma": ("stroma",)}, ["a {}."])
+    yaml_file = tmp_path / "p.yaml"
+    yaml_file.write_text("classes:\n  tumour: [tumor tissue, carcinoma]\n  stroma: stroma\ntemplates: ['a {}.']\n")
+    json_file = tmp_path / "p.json"
+    json_file.write_text('{"classes": {"tumour": ["tumor tissue", "carcinoma"], "stroma": ["stroma"]}}')
+    sources = [
+        "tumour: tumor tissue; carcinoma\n\n# a comment\nstroma",
+        "tumour: tumor tissue; carcinoma, stroma",
+        {"tumour": ["tumor tissue", "carcinoma"], "stroma": "stroma"},
+        {"classes": {"tumour": ["tumor tissue", "carcinoma"], "stroma": ["stroma"]}},
+        yaml_file,
+        str(json_file),
+        '{"tumour": ["tumor tissue", "carcinoma"], "stroma": "stroma"}',
+    ]
+    for source in sources:
+        parsed = PromptSet.parse(source, "a {}.")
+        assert (parsed.classes, parsed.templates) == (expected.classes, expected.templates), source
+    assert PromptSet.parse(yaml_file).templates == ("a {}.",) and PromptSet.parse(yaml_file).name == "p"
+    assert PromptSet.parse(["x", "y"], ["one {}", "two {}"]).templates == ("one {}", "two {}")
+    assert PromptSet.parse(["x", "y"], "one {}; two {}").templates == ("one {}", "two {}")
+    assert PromptSet.parse(["x", "y"], "one {}\ntwo {}").templates == ("one {}", "two {}")
+    assert PromptSet.parse(expected) is expected
+
+
+def test_parse_presets_bundled_and_given() -> None:
+    from napari_clipmed.ct.ild import ILD_CLASS_PRESETS
+
+    luad = PromptSet.parse("wsss4luad")
+    assert luad == load_preset("wsss4luad") and luad.name == "wsss4luad" and luad.description
+    swapped = PromptSet.parse("wsss4luad", "x {}")
+    assert swapped.classes == luad.classes and swapped.templates == ("x {}",)
+    uip = PromptSet.parse("uip", presets=ILD_CLASS_PRESETS)
+    assert uip.classes == ILD_CLASS_PRESETS["uip"] and uip.name == "uip"
+
+
+@pytest.mark.parametrize(
+    "source, message",
+    [
+        ("osteosarcom", "unknown preset .*osteosarcoma"),
+        ("missing.yaml", "prompt file not found"),
+        ("a\nb\na", "listed twice"),
+        ("{a: [", "not valid YAML"),
+        ({"templates": ["{}"]}, "no 'classes:' section"),
+        (": x\nb", "needs a name"),
+    ],
+)
+def test_parse_mistakes_are_one_clear_message(source, message) -> None:
+    with pytest.raises(InputError, match=message):
+        PromptSet.parse(source)
+
+
+def test_parse_needs_a_template() -> None:
+    with pytest.raises(InputError, match="at least one prompt template"):
+        PromptSet.parse("a\nb", "\n  \n")
+
+
+def test_format_classes_round_trips() -> None:
+    from napari_clipmed.zeroshot import format_classes, parse_classes
+
+    classes = {"tumour": ("tumor tissue", "carcinoma"), "stroma": ("stroma",)}
+    assert parse_classes(format_classes(classes)) == classes

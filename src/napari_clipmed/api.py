@@ -29,7 +29,7 @@ if TYPE_CHECKING:
     import napari
 
     from napari_clipmed.ct.pipeline import CTMontageResult
-    from napari_clipmed.models.loader import ClipModel
+    from napari_clipmed.models.model import ClipModel
     from napari_clipmed.retrieval import EmbeddingIndex
     from napari_clipmed.zeroshot import ZeroShotResult
 
@@ -119,11 +119,11 @@ def zeroshot_labels(
     from napari_clipmed._widgets import _path_layers as pl
     from napari_clipmed._widgets.zeroshot_labels import image_tiles
     from napari_clipmed.progress import run_generator
-    from napari_clipmed.zeroshot import PromptSet, ZeroShotClassifier, iter_classify_images, load_preset
+    from napari_clipmed.zeroshot import PromptSet, ZeroShotClassifier, iter_classify_images
 
     if (preset is None) == (classes is None):
         raise InputError("give either classes or a preset (not both)")
-    prompts = load_preset(preset) if preset is not None else PromptSet.from_spec(classes, templates)
+    prompts = PromptSet.parse(preset if preset is not None else classes, templates)
     model = current_model(viewer)
     source = pl.image_source(_layer(viewer, layer))
     if shapes_layer is not None:
@@ -159,7 +159,6 @@ def retrieve(
     from napari_clipmed._widgets._gallery import (
         hits_frame,
         hits_grid,
-        model_id_of,
         placed_hit_layers,
         query_region,
         read_tiles,
@@ -172,7 +171,7 @@ def retrieve(
     model = current_model(viewer)
     source = pl.image_source(_layer(viewer, layer))
     pixels, name = query_region(source, None if shapes_layer is None else _layer(viewer, shapes_layer))
-    model_id = model_id_of(model)
+    model_id = model.identity
     hits = gallery.search(model.encode_images([pixels]), int(k), model_id=model_id)
     frame = hits_frame(hits, name)
     (grid, kwargs), (labels, label_kwargs) = placed_hit_layers(*hits_grid(read_tiles(frame["path"].tolist()), frame), source)

@@ -23,12 +23,12 @@ from dataclasses import dataclass
 import json
 import os
 from pathlib import Path
-import tempfile
 from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 
 from napari_clipmed.errors import InputError
+from napari_clipmed.io.atomic import atomic_path
 from napari_clipmed.progress import Progress, ProgressGenerator, run_generator
 
 if TYPE_CHECKING:
@@ -350,15 +350,8 @@ class EmbeddingIndex:
             arrays["labels"] = self.labels
         if self.ids is not None:
             arrays["ids"] = self.ids
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                np.savez(fh, **arrays)
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+            np.savez(fh, **arrays)
         return path
 
     @classmethod

@@ -9,17 +9,24 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from importlib import resources
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeAlias, Union
 
 import numpy as np
 
 from napari_clipmed.errors import InputError
 from napari_clipmed.progress import Progress, ProgressGenerator, run_generator
 
+if TYPE_CHECKING:
+    from napari_clipmed.models.model import ClipModel
+
 DEFAULT_TEMPLATES: tuple[str, ...] = ("an H&E image of {}.", "a histopathology image of {}.")
 ClassSpec = Sequence[str] | Mapping[str, Sequence[str] | str]
+DOCUMENT_SUFFIXES = (".yaml", ".yml", ".json")
+# What `PromptSet.parse` reads: a PromptSet, a mapping, a list of class names, a preset, a file or class text.
+PromptSource: TypeAlias = Union["PromptSet", Mapping[str, Any], Sequence[str], str, "os.PathLike[str]"]
 
 
 @dataclass(frozen=True)
@@ -54,6 +61,91 @@ class PromptSet:
             raise InputError(f"every template needs a {{}} where the class name goes; these lack it: {bad}")
         return cls(classes=table, templates=temps, name=name)
 
+    @classmethod
+    def parse(
+        cls,
+        source: PromptSource,
+        templates: Sequence[str] | str | None = None,
+        *,
+        name: str | None = None,
+        presets: Mapping[str, ClassSpec] | None = None,
+    ) -> PromptSet:
+        """The one prompt syntax, used identically by the widgets, `api` and the CLI.
+
+        `source` may be:
+        - a `PromptSet` (returned as is, or with `templates` swapped in);
+        - a mapping: a document ``{classes: ..., templates: [...], name: ..., description: ...}`` or
+          directly class -> name(s);
+        - a list of class names;
+        - a string: a preset name (the bundled presets, or a key of `presets`, e.g. the CT class
+          sets), a ``.yaml``/``.yml``/``.json`` file holding a mapping as above, inline JSON/YAML
+          starting with ``{``, or class text: one class per line (or, on a single line, separated
+          by commas), each ``name`` or ``name: synonym 1; synonym 2``.
+
+        `templates` (a list, or text: one per line, or ``;``-separated on one line) replaces the
+        source's templates. Every mistake is one `InputError` that says what to fix.
+        """
+        if isinstance(source, PromptSet):
+            if templates is None and name is None:
+                return source
+            made = cls.from_spec(source.classes, _template_list(templates) or source.templates, name or source.name)
+            return replace(made, description=source.description)
+        if isinstance(source, Mapping):
+            return cls._from_document(source, templates, name, "the prompt mapping")
+        if isinstance(source, os.PathLike):
+            source = os.fspath(source)
+        if not isinstance(source, str):
+            return cls.from_spec([str(c) for c in source], _template_list(templates), name or "custom")
+        text = source.strip()
+        table = {**{p: None for p in list_presets()}, **dict(presets or {})}
+        if text in table:
+            preset = table[text]
+            if preset is None:
+                return cls._from_file(_preset_dir() / f"{text}.yaml", templates, name)
+            return cls._from_document({"classes": preset, "name": text}, templates, name, f"preset {text!r}")
+        if Path(text).suffix.lower() in DOCUMENT_SUFFIXES and "\n" not in text:
+            return cls._from_file(Path(text), templates, name)
+        if text.startswith("{"):
+            return cls._from_document(_load_yaml(text, "the inline prompts"), templates, name, "the inline prompts")
+        entries = text.splitlines() if "\n" in text else text.split(",")
+        if len([e for e in entries if e.strip()]) == 1 and ":" not in text:
+            raise InputError(
+                f"unknown preset {text!r} (presets: {', '.join(table)}); or give a YAML/JSON file, or two or "
+                "more classes (one per line, or separated by commas)"
+            )
+        return cls.from_spec(parse_classes(entries), _template_list(templates), name or "custom")
+
+    @classmethod
+    def _from_file(
+        cls, path: Path, templates: Sequence[str] | str | None, name: str | None
+    ) -> PromptSet:
+        if not path.is_file():
+            raise InputError(f"prompt file not found: {path}")
+        data = _load_yaml(path.read_text(encoding="utf-8"), str(path))
+        return cls._from_document(data, templates, name or path.stem, str(path), default_name=path.stem)
+
+    @classmethod
+    def _from_document(
+        cls,
+        data: object,
+        templates: Sequence[str] | str | None,
+        name: str | None,
+        what: str,
+        default_name: str = "custom",
+    ) -> PromptSet:
+        if not isinstance(data, Mapping):
+            raise InputError(f"{what} must be a mapping of classes to names (or have a 'classes:' section)")
+        if "classes" not in data:
+            if "templates" in data:
+                raise InputError(f"{what} has templates but no 'classes:' section")
+            data = {"classes": data}
+        made = cls.from_spec(
+            data["classes"],
+            _template_list(templates) or data.get("templates"),
+            name or str(data.get("name", default_name)),
+        )
+        return replace(made, description=str(data.get("description", "")))
+
     @property
     def class_names(self) -> list[str]:
         return list(self.classes)
@@ -72,19 +164,63 @@ def list_presets() -> list[str]:
 
 
 def load_preset(name_or_path: str | os.PathLike[str]) -> PromptSet:
-    """A bundled preset by name, or any YAML file with `classes:` and `templates:`."""
+    """A bundled preset by name, or a YAML/JSON prompt file (`PromptSet.parse` of either)."""
+    text = os.fspath(name_or_path)
+    if text not in list_presets() and Path(text).suffix.lower() not in DOCUMENT_SUFFIXES:
+        raise InputError(f"unknown preset {text!r}; bundled presets: {', '.join(list_presets())}")
+    return PromptSet.parse(text)
+
+
+def parse_classes(text: str | Sequence[str]) -> dict[str, tuple[str, ...]]:
+    """Class text: one class per line (or per list item), ``name`` or ``name: synonym 1; synonym 2``.
+
+    Blank lines and lines starting with ``#`` are skipped; a class listed twice is an error.
+    """
+    lines = text.splitlines() if isinstance(text, str) else list(text)
+    classes: dict[str, tuple[str, ...]] = {}
+    for number, raw in enumerate(lines, start=1):
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        name, _, rest = line.partition(":")
+        name = name.strip()
+        if not name:
+            raise InputError(f"classes, line {number}: a class needs a name before the ':'")
+        if name in classes:
+            raise InputError(f"class '{name}' is listed twice; give each class one line")
+        classes[name] = tuple(s.strip() for s in rest.split(";") if s.strip()) if rest.strip() else (name,)
+    return classes
+
+
+def format_classes(classes: Mapping[str, Sequence[str]]) -> str:
+    """The class text `parse_classes` reads back (one class per line)."""
+    lines = []
+    for name, names in classes.items():
+        lines.append(name if tuple(names) == (name,) else f"{name}: {'; '.join(names)}")
+    return "\n".join(lines)
+
+
+def _template_list(templates: Sequence[str] | str | None) -> tuple[str, ...] | None:
+    """Templates from a list, or text (one per line, or ``;``-separated on one line); None when none given."""
+    if templates is None:
+        return None
+    if isinstance(templates, str):
+        parts = templates.splitlines() if "\n" in templates.strip() else templates.split(";")
+    else:
+        parts = list(templates)
+    found = tuple(t.strip() for t in parts if t.strip())
+    if not found:
+        raise InputError("add at least one prompt template, e.g. 'an H&E image of {}.'")
+    return found
+
+
+def _load_yaml(text: str, what: str) -> object:
     import yaml
 
-    path = Path(name_or_path)
-    if not path.suffix:
-        path = _preset_dir() / f"{name_or_path}.yaml"
-    if not path.is_file():
-        raise InputError(f"unknown preset {str(name_or_path)!r}; bundled presets: {', '.join(list_presets())}")
-    data = yaml.safe_load(path.read_text()) or {}
-    if "classes" not in data:
-        raise InputError(f"preset file {path} has no 'classes:' section")
-    prompts = PromptSet.from_spec(data["classes"], data.get("templates"), name=data.get("name", path.stem))
-    return PromptSet(prompts.classes, prompts.templates, prompts.name, data.get("description", ""))
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        raise InputError(f"{what} is not valid YAML/JSON: {str(err).splitlines()[0]}") from None
 
 
 @dataclass
@@ -99,7 +235,7 @@ class ZeroShotClassifier:
 
     @classmethod
     def from_prompts(
-        cls, model: object, classes: ClassSpec | PromptSet, templates: Sequence[str] | None = None
+        cls, model: ClipModel, classes: ClassSpec | PromptSet, templates: Sequence[str] | None = None
     ) -> ZeroShotClassifier:
         """Embed every prompt of every class with `model` and average per class."""
         prompts = classes if isinstance(classes, PromptSet) else PromptSet.from_spec(classes, templates)
@@ -107,7 +243,7 @@ class ZeroShotClassifier:
         for name in prompts.class_names:
             emb = model.encode_texts(prompts.prompts_for(name)).mean(axis=0)
             rows.append(emb / max(np.linalg.norm(emb), 1e-12))
-        return cls(prompts, np.stack(rows).astype(np.float32), model.logit_scale, getattr(model, "signature", ""))
+        return cls(prompts, np.stack(rows).astype(np.float32), model.logit_scale, model.signature)
 
     @property
     def classes(self) -> list[str]:
@@ -174,7 +310,7 @@ class ZeroShotResult:
 
 
 def iter_classify_images(
-    model: object,
+    model: ClipModel,
     images: Sequence[np.ndarray] | np.ndarray,
     classifier: ZeroShotClassifier,
     *,
@@ -189,7 +325,7 @@ def iter_classify_images(
     return ZeroShotResult(classifier.classes, probs, list(ids) if ids is not None else [])
 
 
-def classify_images(model: object, images, classes: ClassSpec | PromptSet, templates=None, **kwargs) -> ZeroShotResult:
+def classify_images(model: ClipModel, images, classes: ClassSpec | PromptSet, templates=None, **kwargs) -> ZeroShotResult:
     """Plain-call form: build the classifier and classify `images`."""
     classifier = ZeroShotClassifier.from_prompts(model, classes, templates)
     return run_generator(iter_classify_images(model, images, classifier, **kwargs))

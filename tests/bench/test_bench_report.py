@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pandas as pd
+import pytest
 from PIL import Image
 
 from napari_clipmed.bench import report
@@ -40,14 +41,13 @@ def test_plots_one_file_per_metric_with_a_panel_grid(tmp_path: Path) -> None:
         assert im.size == (1500, 580)  # 7 panels -> 5 columns x 2 rows at 3.0 x 2.6 in (+0.6 in), 100 dpi
 
 
-def test_atomic_write_leaves_nothing_on_failure(tmp_path: Path) -> None:
-    def fail(tmp: Path) -> None:
-        tmp.write_text("half")
-        raise RuntimeError("disk full")
+def test_write_csv_leaves_nothing_on_failure(tmp_path: Path) -> None:
+    class HalfFrame:
+        def to_csv(self, path: Path, index: bool) -> None:
+            Path(path).write_text("half")
+            raise RuntimeError("disk full")
 
     target = tmp_path / "results.csv"
-    try:
-        report.atomic_write(target, fail)
-    except RuntimeError:
-        pass
+    with pytest.raises(RuntimeError, match="disk full"):
+        report.write_csv(HalfFrame(), target)  # type: ignore[arg-type]
     assert list(tmp_path.iterdir()) == []

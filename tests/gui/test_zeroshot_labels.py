@@ -164,21 +164,11 @@ def test_bad_inputs_and_cancel_add_no_layer(qtbot, widget: ZeroShotLabelsWidget,
     assert widget.controls.status.text().startswith("cancelled")
 
 
-def test_prompt_text_and_rectangle_mapping_without_viewer() -> None:
+def test_rectangle_mapping_without_viewer() -> None:
     from napari.layers import Image as ImageLayer
     from napari.layers import Shapes
 
     from napari_clipmed._widgets import _path_layers as pl
-    from napari_clipmed.errors import InputError
-
-    text = "tumour: tumor tissue; carcinoma\n\n# a comment\nstroma"
-    classes = pl.parse_classes(text)
-    assert classes == {"tumour": ("tumor tissue", "carcinoma"), "stroma": ("stroma",)}
-    assert pl.parse_classes(pl.format_classes(classes)) == classes
-    with pytest.raises(InputError, match="listed twice"):
-        pl.parse_classes("a\nb\na")
-    with pytest.raises(InputError, match="at least one prompt template"):
-        pl.prompts_from_text("a\nb", "\n  \n")
 
     image = ImageLayer(np.zeros((100, 80, 3), np.uint8), rgb=True, name="img", scale=(0.5, 0.25), translate=(10, 0))
     # a Shapes layer with its own scale: data (r, c) -> world (2 r, 2 c)

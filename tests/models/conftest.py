@@ -3,7 +3,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from napari_clipmed.models.loader import ClipModel, load_model
+from napari_clipmed.models.loader import load_model
+from napari_clipmed.models.model import ClipModel
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,7 @@ import torch
 
 from napari_clipmed.models.cpu_fastpath import supports_fast_forward, vision_forward
 from napari_clipmed.models.encode import cpu_micro_batch
-from napari_clipmed.models.loader import ClipModel
+from napari_clipmed.models.model import ClipModel
 from napari_clipmed.models.registry import TINY_ARCH_CONFIG, get_spec
 
 pytestmark = pytest.mark.skipif(

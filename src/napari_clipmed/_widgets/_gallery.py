@@ -8,7 +8,6 @@ or from class sub-folders (ImageFolder layout); a flat folder of images gives an
 from __future__ import annotations
 
 import os
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,11 +25,6 @@ if TYPE_CHECKING:
     import pandas as pd
 
 READ_CHUNK = 256  # images read and embedded at a time, so a big folder never sits in memory at once
-
-
-def model_id_of(model: Any) -> str:
-    """A readable identity of a loaded model: registry name + start of its signature (weights, preprocessing)."""
-    return f"{model.spec.name}@{model.signature[:12]}"
 
 
 def _images_in(folder: Path) -> list[Path]:
@@ -119,7 +113,7 @@ def iter_index_folder(
         embeddings,
         labels=None if labels is None else [labels[i] for i in kept],
         ids=[str(paths[i]) for i in kept],
-        model_id=model_id_of(model),
+        model_id=model.identity,
     )
     return GalleryBuild(index, Path(folder), failed)
 
@@ -138,24 +132,6 @@ def read_tiles(paths: Sequence[str]) -> list[np.ndarray | None]:
         except Exception:  # noqa: BLE001 - a hit whose file vanished is shown as a blank cell
             tiles.append(None)
     return tiles
-
-
-def atomic_write_csv(frame: pd.DataFrame, path: str | os.PathLike[str]) -> Path:
-    """Write `frame` as CSV via a temp file in the same folder and `os.replace` (never half-written)."""
-    path = Path(path)
-    if path.suffix.lower() != ".csv":
-        path = path.with_name(path.name + ".csv")
-    if not path.parent.is_dir():
-        raise InputError(f"cannot write {path}: the folder {path.parent} does not exist")
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", newline="", encoding="utf-8") as fh:
-            frame.to_csv(fh, index=False)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
 
 
 # ----------------------------------------------------------------------------- retrieval hits

@@ -14,12 +14,13 @@ translate, so they overlay it exactly.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from napari_clipmed.errors import InputError
+from napari_clipmed.ops.geometry import Geometry
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -31,32 +32,9 @@ if TYPE_CHECKING:
 MAX_PREVIEW_SIDE = 4096
 
 
-@dataclass(frozen=True)
-class Geometry:
-    """Pixel -> world mapping of a 2-D layer: ``world = pixel * scale + translate``."""
-
-    scale: tuple[float, float] = (1.0, 1.0)
-    translate: tuple[float, float] = (0.0, 0.0)
-
-    @classmethod
-    def of(cls, layer: Any) -> Geometry:
-        scale = tuple(float(s) for s in np.asarray(layer.scale)[-2:])
-        translate = tuple(float(t) for t in np.asarray(layer.translate)[-2:])
-        return cls(scale, translate)  # type: ignore[arg-type]
-
-    def to_pixels(self, world: np.ndarray) -> np.ndarray:
-        return (np.asarray(world, dtype=float) - np.asarray(self.translate)) / np.asarray(self.scale)
-
-    def to_world(self, pixels: np.ndarray) -> np.ndarray:
-        return np.asarray(pixels, dtype=float) * np.asarray(self.scale) + np.asarray(self.translate)
-
-    def shifted(self, offset_rc: Sequence[int]) -> Geometry:
-        """The geometry of a crop whose top-left pixel is `offset_rc` of this layer."""
-        new = self.to_world(np.asarray(offset_rc, dtype=float))
-        return replace(self, translate=(float(new[0]), float(new[1])))
-
-    def kwargs(self) -> dict[str, tuple[float, float]]:
-        return {"scale": self.scale, "translate": self.translate}
+def geometry_of(layer: Any) -> Geometry:
+    """The 2-D (last two axes) `Geometry` of a napari layer."""
+    return Geometry(tuple(np.asarray(layer.scale)[-2:]), tuple(np.asarray(layer.translate)[-2:]))
 
 
 @dataclass
@@ -127,7 +105,7 @@ def rgb_source(layer: Any, max_side: int | None = None) -> SourceImage:
     left = max(0, (width - max_side) // 2)
     crop = data[top : top + min(height, max_side), left : left + min(width, max_side)]
     pixels = as_rgb_uint8(np.asarray(crop), f"layer '{layer.name}'")
-    return SourceImage(pixels, layer.name, Geometry.of(layer), (top, left), (height, width))
+    return SourceImage(pixels, layer.name, geometry_of(layer), (top, left), (height, width))
 
 
 def image_source(layer: Any) -> SourceImage:
@@ -139,7 +117,7 @@ def image_source(layer: Any) -> SourceImage:
     pixels = np.array(np.asarray(data), copy=True)
     if pixels.ndim == 3 and pixels.shape[-1] == 4:
         pixels = pixels[..., :3]
-    return SourceImage(pixels, layer.name, Geometry.of(layer), (0, 0), (int(shape[0]), int(shape[1])))
+    return SourceImage(pixels, layer.name, geometry_of(layer), (0, 0), (int(shape[0]), int(shape[1])))
 
 
 def display_uint8(pixels: np.ndarray) -> np.ndarray:
@@ -257,47 +235,6 @@ def _rgba(hex_colour: str, alpha: float) -> np.ndarray:
     return np.array([int(h[i : i + 2], 16) / 255.0 for i in (0, 2, 4)] + [alpha], dtype=np.float32)
 
 
-def parse_classes(text: str) -> dict[str, tuple[str, ...]]:
-    """One class per line, ``name`` or ``name: synonym 1; synonym 2`` (blank and ``#`` lines skipped)."""
-    classes: dict[str, tuple[str, ...]] = {}
-    for number, raw in enumerate(text.splitlines(), start=1):
-        line = raw.strip()
-        if not line or line.startswith("#"):
-            continue
-        name, _, rest = line.partition(":")
-        name = name.strip()
-        if not name:
-            raise InputError(f"classes, line {number}: a class needs a name before the ':'")
-        if name in classes:
-            raise InputError(f"class '{name}' is listed twice; give each class one line")
-        synonyms = tuple(s.strip() for s in rest.split(";") if s.strip()) if rest.strip() else (name,)
-        classes[name] = synonyms
-    return classes
-
-
-def format_classes(classes: dict[str, tuple[str, ...]]) -> str:
-    """The inverse of `parse_classes`."""
-    lines = []
-    for name, names in classes.items():
-        lines.append(name if tuple(names) == (name,) else f"{name}: {'; '.join(names)}")
-    return "\n".join(lines)
-
-
-def parse_templates(text: str) -> list[str]:
-    """One template per line; blank lines are skipped."""
-    return [line.strip() for line in text.splitlines() if line.strip()]
-
-
-def prompts_from_text(classes_text: str, templates_text: str, name: str = "custom") -> Any:
-    """A validated `PromptSet` from the widget's two text boxes (InputError says what is wrong)."""
-    from napari_clipmed.zeroshot import PromptSet
-
-    templates = parse_templates(templates_text)
-    if not templates:
-        raise InputError("add at least one prompt template, e.g. 'an H&E image of {}.'")
-    return PromptSet.from_spec(parse_classes(classes_text), templates, name=name)
-
-
 def shapes_to_boxes(shapes: Any, image: SourceImage, *, min_side: int = 2) -> np.ndarray:
     """The rectangles of a Shapes layer as image pixel boxes ``(row0, col0, row1, col1)`` (int, end-exclusive).
 
@@ -305,7 +242,7 @@ def shapes_to_boxes(shapes: Any, image: SourceImage, *, min_side: int = 2) -> np
     coordinates with its scale/translate, then to the image's pixels; boxes are clipped to the image.
     Other shape types are ignored; an empty result is an InputError.
     """
-    shape_geom = Geometry.of(shapes)
+    shape_geom = geometry_of(shapes)
     boxes = []
     height, width = image.full_shape
     for verts, kind in zip(shapes.data, shapes.shape_type):

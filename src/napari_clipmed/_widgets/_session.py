@@ -18,7 +18,7 @@ from psygnal import Signal
 from napari_clipmed.errors import InputError
 
 if TYPE_CHECKING:
-    from napari_clipmed.models.loader import ClipModel
+    from napari_clipmed.models.model import ClipModel
 
 
 def preload_triton() -> None:

@@ -17,9 +17,9 @@ from qtpy.QtWidgets import QAbstractItemView, QPlainTextEdit, QTableWidget, QTab
 
 from napari_clipmed._widgets import _layers
 from napari_clipmed._widgets._base import ClipmedWidget, notify_info
-from napari_clipmed._widgets._path_layers import format_classes, parse_classes
 from napari_clipmed.ct.io import CTWarning
 from napari_clipmed.errors import ClipmedError, InputError
+from napari_clipmed.zeroshot import format_classes, parse_classes
 
 if TYPE_CHECKING:
     import napari

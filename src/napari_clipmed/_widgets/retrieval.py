@@ -19,17 +19,16 @@ from napari_clipmed._widgets._base import ClipmedWidget, notify_info
 from napari_clipmed._widgets._gallery import (
     HIT_COLUMNS,
     GalleryBuild,
-    atomic_write_csv,
     hits_frame,
     hits_grid,
     is_gallery_source,
     iter_index_folder,
-    model_id_of,
     placed_hit_layers,
     query_region,
     read_tiles,
 )
 from napari_clipmed.errors import ClipmedError, InputError
+from napari_clipmed.io.atomic import write_frame
 from napari_clipmed.progress import Progress
 
 if TYPE_CHECKING:
@@ -181,7 +180,7 @@ class RetrievalWidget(ClipmedWidget):
             model = self.session.require()
             if self.index is None:
                 raise InputError("build or load an index before searching")
-            index, k, model_id = self.index, int(self.k.value), model_id_of(model)
+            index, k, model_id = self.index, int(self.k.value), model.identity
             if index.model_id is not None and index.model_id != model_id:
                 raise InputError(
                     f"the index was built with model '{index.model_id}' but the loaded model is '{model_id}': "
@@ -228,7 +227,10 @@ class RetrievalWidget(ClipmedWidget):
                 raise InputError("there are no hits to export: run a search first")
             if path is None:
                 raise InputError("choose a CSV file to export the hits to")
-            written = atomic_write_csv(self.hits[list(HIT_COLUMNS)], path)
+            path = Path(path) if Path(path).suffix.lower() == ".csv" else Path(f"{path}.csv")
+            if not path.parent.is_dir():
+                raise InputError(f"cannot write {path}: the folder {path.parent} does not exist")
+            written = write_frame(path, self.hits[list(HIT_COLUMNS)])
         except (ClipmedError, OSError) as err:
             self.fail(str(err))
             return None

@@ -19,6 +19,7 @@ from napari_clipmed._widgets import _path_layers as pl
 from napari_clipmed._widgets._base import ClipmedWidget
 from napari_clipmed.errors import ClipmedError, InputError
 from napari_clipmed.progress import Progress
+from napari_clipmed.zeroshot import PromptSet, format_classes, list_presets, parse_classes
 
 if TYPE_CHECKING:
     import napari
@@ -57,8 +58,6 @@ class ZeroShotLabelsWidget(ClipmedWidget):
     run_text = "Label"
 
     def __init__(self, viewer: napari.viewer.Viewer) -> None:
-        from napari_clipmed.zeroshot import list_presets
-
         super().__init__(viewer)
         self._filling = False
         self.image_layer = self.layer_combo("image", _is_2d_image)
@@ -92,18 +91,16 @@ class ZeroShotLabelsWidget(ClipmedWidget):
 
     # --- prompts ----------------------------------------------------------------------------------
     def _fill_preset(self, name: str) -> None:
-        from napari_clipmed.zeroshot import load_preset
-
         if name == CUSTOM:
             return
         try:
-            prompts = load_preset(name)
+            prompts = PromptSet.parse(name)
         except ClipmedError as err:
             self.fail(str(err))
             return
         self._filling = True
         try:
-            self.classes.value = pl.format_classes(prompts.classes)
+            self.classes.value = format_classes(prompts.classes)
             self.templates.value = "\n".join(prompts.templates)
         finally:
             self._filling = False
@@ -120,7 +117,7 @@ class ZeroShotLabelsWidget(ClipmedWidget):
 
     def _update_legend(self) -> None:
         try:
-            names = list(pl.parse_classes(self.classes.value))
+            names = list(parse_classes(self.classes.value))
         except InputError:
             names = []
         colours = pl.class_colors(names)
@@ -141,7 +138,7 @@ class ZeroShotLabelsWidget(ClipmedWidget):
             layer = self.image_layer.value
             if layer is None:
                 raise InputError("add a 2-D image layer (RGB or grey) to label")
-            prompts = pl.prompts_from_text(self.classes.value, self.templates.value, name=self.preset.value)
+            prompts = PromptSet.parse(self.classes.value, self.templates.value, name=self.preset.value)
             source = pl.image_source(layer)
             mode = self.mode.value
             boxes: np.ndarray | None = None

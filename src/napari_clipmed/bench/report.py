@@ -1,17 +1,18 @@
 """Robustness results as files: tidy CSV, a markdown summary and metric-vs-severity plots.
 
-All files are written to a temporary file in the target folder and moved into place
-(`os.replace`), so a reader never sees a half-written table or image.
+All files are written through `napari_clipmed.io.atomic`, so a reader never sees a half-written
+table or image.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 import math
 import os
 from pathlib import Path
-import tempfile
 from typing import TYPE_CHECKING
+
+from napari_clipmed.io.atomic import atomic_path, atomic_write, write_frame
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -19,27 +20,12 @@ if TYPE_CHECKING:
 TIDY_COLUMNS = ["model", "corruption", "severity", "metric", "value", "n"]
 
 
-def atomic_write(path: str | os.PathLike, write: Callable[[Path], None]) -> Path:
-    """Call `write(tmp)` on a temporary path next to `path`, then move it over `path`."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(Path(tmp))
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
-
-
 def write_text(path: str | os.PathLike, text: str) -> Path:
-    return atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+    return atomic_write(path, text)
 
 
 def write_csv(frame: pd.DataFrame, path: str | os.PathLike) -> Path:
-    return atomic_write(path, lambda tmp: frame.to_csv(tmp, index=False))
+    return write_frame(Path(path), frame)
 
 
 def metric_filename(metric: str) -> str:
@@ -114,7 +100,9 @@ def plot_metric(frame: pd.DataFrame, metric: str, path: str | os.PathLike) -> Pa
     handles, labels = axes[0].get_legend_handles_labels()
     fig.legend(handles, labels, loc="outside lower center", ncols=min(len(models), 4), fontsize=8)
     fig.suptitle(f"{metric} vs corruption severity")
-    return atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=100))
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=100)
+    return Path(path)
 
 
 def write_plots(frame: pd.DataFrame, folder: str | os.PathLike) -> list[Path]:

@@ -33,7 +33,6 @@ from napari_clipmed.bench import report
 from napari_clipmed.bench.tasks import (
     LoadedTiles,
     iter_load_tiles,
-    model_identity,
     tileset_prompts,
     zeroshot_scores,
 )
@@ -46,7 +45,7 @@ from napari_clipmed.retrieval import EmbeddingIndex
 if TYPE_CHECKING:
     import pandas as pd
 
-    from napari_clipmed.models.loader import ClipModel
+    from napari_clipmed.models.model import ClipModel
 
 PARTIAL = "results.partial.csv"
 RESULTS = "results.csv"
@@ -251,7 +250,7 @@ def _preflight(images: Sequence[np.ndarray], corruptions: Sequence[str], severit
 
 @dataclass
 class _ModelState:
-    model: object
+    model: ClipModel
     identity: str
     classifier: object
     index: EmbeddingIndex
@@ -286,7 +285,7 @@ def iter_run_robustness(tileset: TileSet, config: RobustnessConfig) -> ProgressG
     done = 0
     # models first: a missing checkpoint fails before any long work
     models = cfg.load_models()
-    identities = {name: model_identity(m) for name, m in models.items()}
+    identities = {name: m.identity for name, m in models.items()}
 
     loaded: LoadedTiles = yield from _relay(iter_load_tiles(tileset), 0, total, "reading tiles")
     tiles = loaded.tileset
@@ -321,7 +320,7 @@ def iter_run_robustness(tileset: TileSet, config: RobustnessConfig) -> ProgressG
     reused = sorted(finished)
     # the folder now describes this run: finished rows in the partial file, no stale final outputs
     out.mkdir(parents=True, exist_ok=True)
-    report.atomic_write(out / PARTIAL, lambda tmp: tmp.write_text(_rows_text([r for v in finished.values() for r in v], True)))
+    report.write_text(out / PARTIAL, _rows_text([r for v in finished.values() for r in v], True))
     for stale in [out / RESULTS, out / "summary.md"]:
         stale.unlink(missing_ok=True)
     info = {"fingerprint": fingerprint, "models": identities, "status": "running", "version": __version__,

@@ -21,13 +21,8 @@ if TYPE_CHECKING:
     import pandas as pd
 
     from napari_clipmed.models.cache import EmbeddingCache
-    from napari_clipmed.models.loader import ClipModel
+    from napari_clipmed.models.model import ClipModel
     from napari_clipmed.zeroshot import PromptSet
-
-
-def model_identity(model: ClipModel) -> str:
-    """Names a model and its exact weights/preprocessing: embeddings of two identities never mix."""
-    return f"{model.spec.name}:{model.signature[:16]}"
 
 
 def _norm(name: str) -> str:
@@ -45,12 +40,10 @@ def tileset_prompts(
     the preset's other classes stay as options the model may (wrongly) choose. Without one, the
     class names themselves are the prompts (`_` read as a space).
     """
-    from napari_clipmed.zeroshot import PromptSet, load_preset
+    from napari_clipmed.zeroshot import PromptSet
 
     if preset is not None:
-        prompts = load_preset(preset)
-        if templates:
-            prompts = PromptSet(prompts.classes, tuple(templates), prompts.name, prompts.description)
+        prompts = PromptSet.parse(preset, templates or None)
     else:
         prompts = PromptSet.from_spec({c: c.replace("_", " ") for c in class_names}, templates, name="tile-set classes")
     return prompts, prompt_columns(class_names, prompts)
@@ -157,4 +150,4 @@ def iter_index_tiles(
     emb = yield from model.iter_encode_images(tiles.images, batch_size=batch_size, cache=cache)
     ts = tiles.tileset
     labels = ts.label_names if labelled else None
-    return EmbeddingIndex(emb, labels=labels, ids=[str(p) for p in ts.paths], model_id=model_identity(model))
+    return EmbeddingIndex(emb, labels=labels, ids=[str(p) for p in ts.paths], model_id=model.identity)

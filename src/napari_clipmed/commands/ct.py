@@ -19,29 +19,11 @@ DEFAULT_MODEL = "openai-vit-b-16"
 
 
 def _prompt_table(text: str) -> dict[str, tuple[str, ...]]:
-    """A JSON/YAML file or inline JSON mapping class -> phrase(s); or a preset name (ild, uip)."""
+    """Class -> phrases from the one prompt syntax (`PromptSet.parse`), CT presets (ild, uip) included."""
     from napari_clipmed.ct.ild import ILD_CLASS_PRESETS
+    from napari_clipmed.zeroshot import PromptSet
 
-    if text in ILD_CLASS_PRESETS:
-        return {k: tuple(v) for k, v in ILD_CLASS_PRESETS[text].items()}
-    path = Path(text)
-    if path.is_file():
-        import yaml
-
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    else:
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError:
-            raise InputError(
-                f"{text!r} is neither a preset ({', '.join(ILD_CLASS_PRESETS)}), a file nor JSON like "
-                '\'{"ILD": ["pulmonary fibrosis"], "no ILD": ["normal lungs"]}\''
-            ) from None
-    if isinstance(data, dict) and "classes" in data:
-        data = data["classes"]
-    if not isinstance(data, dict) or len(data) < 2:
-        raise InputError(f"prompts need a mapping of at least two classes to phrases, got {data!r}")
-    return {str(k): (str(v),) if isinstance(v, str) else tuple(str(x) for x in v) for k, v in data.items()}
+    return dict(PromptSet.parse(text, presets=ILD_CLASS_PRESETS).classes)
 
 
 def config_from_args(args: argparse.Namespace):  # -> CTMontageConfig

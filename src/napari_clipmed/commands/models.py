@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import os
-import tempfile
 from pathlib import Path
 
 from napari_clipmed.errors import InputError
@@ -61,6 +59,7 @@ def _encode(args: argparse.Namespace) -> int:
     import numpy as np
     from PIL import Image
 
+    from napari_clipmed.io.atomic import atomic_path
     from napari_clipmed.models.cache import EmbeddingCache
 
     paths = [Path(p) for p in args.images]
@@ -72,12 +71,9 @@ def _encode(args: argparse.Namespace) -> int:
     cache = None if args.no_cache else EmbeddingCache(args.cache_dir)
     embeddings = model.encode_images(images, batch_size=args.batch_size, cache=cache)
     out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=out.parent, suffix=".npz")
-    os.close(fd)
-    np.savez(tmp, embeddings=embeddings, paths=np.array([str(p) for p in paths]), model=model.spec.name,
-             signature=model.signature)
-    os.replace(tmp, out)
+    with atomic_path(out) as tmp, open(tmp, "wb") as fh:
+        np.savez(fh, embeddings=embeddings, paths=np.array([str(p) for p in paths]), model=model.spec.name,
+                 signature=model.signature)
     print(f"wrote {embeddings.shape[0]} x {embeddings.shape[1]} embeddings to {out} ({model.device_label})")
     return 0
 

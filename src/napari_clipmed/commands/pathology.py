@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -16,15 +14,10 @@ def _save_png(image: np.ndarray, out: Path) -> None:
     """Write a PNG atomically: a temporary file in the same folder, then a rename."""
     from PIL import Image
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=out.parent, suffix=".png.tmp")
-    os.close(fd)
-    try:
+    from napari_clipmed.io.atomic import atomic_path
+
+    with atomic_path(out) as tmp:
         Image.fromarray(image).save(tmp, format="PNG")
-        os.replace(tmp, out)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _corrupt(args: argparse.Namespace) -> int:
@@ -47,6 +40,7 @@ def _corrupt(args: argparse.Namespace) -> int:
 
 
 def _tile(args: argparse.Namespace) -> int:
+    from napari_clipmed.io.atomic import write_frame
     from napari_clipmed.pathology.tiles import read_slide_level, tile_image
 
     image = read_slide_level(args.slide, args.level)
@@ -59,10 +53,7 @@ def _tile(args: argparse.Namespace) -> int:
         names.append(name)
     frame = tiles.to_frame()
     frame.insert(0, "file", names)
-    fd, tmp = tempfile.mkstemp(dir=folder, suffix=".csv.tmp")
-    os.close(fd)
-    frame.to_csv(tmp, index=False)
-    os.replace(tmp, folder / "tiles.csv")
+    write_frame(folder / "tiles.csv", frame)
     print(f"wrote {len(tiles)} tiles of {args.size} px and tiles.csv to {folder}")
     return 0
 

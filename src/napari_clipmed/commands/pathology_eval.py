@@ -65,8 +65,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--model", required=True)
     p.add_argument("--weights", type=Path, help="checkpoint file or Hugging Face folder (e.g. a DAPT result with --model local)")
     group = p.add_mutually_exclusive_group()
-    group.add_argument("--classes", type=_csv_list, help="comma-separated class names (default: the tile-set classes)")
-    group.add_argument("--preset", help="prompt preset name or YAML file")
+    group.add_argument("--classes", help="classes: comma-separated names, 'name: synonym; synonym' allowed "
+                       "(default: the tile-set classes)")
+    group.add_argument("--preset", help="prompt preset name or YAML/JSON file")
     p.add_argument("--templates", help="prompt templates separated by ';', each with {}")
     p.add_argument("--out", required=True, type=Path, help="predictions CSV")
     _common(p)
@@ -125,18 +126,13 @@ def _run_zeroshot(args: argparse.Namespace) -> int:
     from napari_clipmed.datasets import load_images
     from napari_clipmed.models.loader import load_model
     from napari_clipmed.progress import run_generator
-    from napari_clipmed.zeroshot import PromptSet, load_preset
+    from napari_clipmed.zeroshot import PromptSet
 
     tileset, labelled = load_images(args.data)
     templates = _templates(args.templates)
     columns = None
     if args.preset or args.classes:
-        if args.preset:
-            prompts = load_preset(args.preset)
-            if templates:
-                prompts = PromptSet(prompts.classes, tuple(templates), prompts.name, prompts.description)
-        else:
-            prompts = PromptSet.from_spec(args.classes, templates)
+        prompts = PromptSet.parse(args.preset or args.classes, templates)
         if labelled:
             try:
                 columns = prompt_columns(tileset.class_names, prompts)
@@ -168,7 +164,7 @@ def _run_zeroshot(args: argparse.Namespace) -> int:
 def _run_retrieve(args: argparse.Namespace) -> int:
     from napari_clipmed import metrics
     from napari_clipmed.bench import report
-    from napari_clipmed.bench.tasks import iter_index_tiles, iter_load_tiles, model_identity
+    from napari_clipmed.bench.tasks import iter_index_tiles, iter_load_tiles
     from napari_clipmed.datasets import load_images
     from napari_clipmed.models.loader import load_model
     from napari_clipmed.progress import run_generator
@@ -197,10 +193,10 @@ def _run_retrieve(args: argparse.Namespace) -> int:
     if same:  # the query images are the gallery: leave each one out of its own search
         paths = {p: i for i, p in enumerate(index.ids)}
         rows = [paths[str(p)] for p in queries.tileset.paths]
-        hits = index.search(emb, args.k, model_id=model_identity(model), query_rows=rows)
+        hits = index.search(emb, args.k, model_id=model.identity, query_rows=rows)
         print("queries are the gallery: each query is left out of its own search")
     else:
-        hits = index.search(emb, args.k, model_id=model_identity(model))
+        hits = index.search(emb, args.k, model_id=model.identity)
     hits.query_ids = [str(p) for p in queries.tileset.paths]
     frame = hits.to_frame()
     if query_labelled:

@@ -15,13 +15,18 @@ import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from napari_clipmed.ct.io import read_ct
-from napari_clipmed.ct.pipeline import CTMontageConfig, iter_run_ct_montage, write_atomic
+from napari_clipmed.ct.pipeline import CTMontageConfig, iter_run_ct_montage
 from napari_clipmed.errors import InputError
+from napari_clipmed.io.atomic import atomic_write
 from napari_clipmed.progress import Progress, ProgressGenerator, run_generator
+
+if TYPE_CHECKING:
+    from napari_clipmed.models.model import ClipModel
 
 POSITIVE = {"1", "yes", "true", "positive", "pos"}
 NEGATIVE = {"0", "no", "false", "negative", "neg"}
@@ -83,7 +88,7 @@ class CohortResult:
         }
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
-        return {name: write_atomic(out / name, data) for name, data in payloads.items()}
+        return {name: atomic_write(out / name, data) for name, data in payloads.items()}
 
 
 def read_cohort(csv_path: str | Path, class_names: Sequence[str] = ()) -> list[CohortCase]:
@@ -137,7 +142,7 @@ def _parse_label(raw: str, names: dict[str, int]) -> int | None:
 
 def iter_evaluate_cohort(
     csv_path: str | Path,
-    model: object,
+    model: ClipModel,
     config: CTMontageConfig | None = None,
     positive_class: str | None = None,
     n_bootstrap: int = 1000,
@@ -198,10 +203,10 @@ def iter_evaluate_cohort(
     fpr, tpr = roc_curve(y, s)
     yield Progress(total, total, "done")
     return CohortResult(positive, rows, ci.estimate, ci.low, ci.high, ci_level, n_bootstrap, seed, fpr, tpr, cfg,
-                        str(getattr(getattr(model, "spec", None), "name", "")))
+                        model.identity)
 
 
-def evaluate_cohort(csv_path: str | Path, model: object, config: CTMontageConfig | None = None,
+def evaluate_cohort(csv_path: str | Path, model: ClipModel, config: CTMontageConfig | None = None,
                     **kwargs: object) -> CohortResult:
     """Plain-call twin of `iter_evaluate_cohort`."""
     return run_generator(iter_evaluate_cohort(csv_path, model, config, **kwargs))  # type: ignore[arg-type]

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -17,6 +18,9 @@ from napari_clipmed.ct.montage import Montage
 from napari_clipmed.ct.patches import Patches
 from napari_clipmed.errors import InputError
 from napari_clipmed.progress import Progress, ProgressGenerator, run_generator
+
+if TYPE_CHECKING:
+    from napari_clipmed.models.model import ClipModel
 
 # Findings a chest CT patch is scored against (Fleischner glossary terms, plus normal lung).
 ILD_PATCH_PROMPTS: dict[str, tuple[str, ...]] = {
@@ -66,7 +70,7 @@ class PatchScores:
 
 
 def iter_score_patches(
-    model: object,
+    model: ClipModel,
     patches: Patches,
     prompts: Mapping[str, Sequence[str] | str] | None = None,
     templates: Sequence[str] | None = None,
@@ -98,7 +102,7 @@ def iter_score_patches(
     return PatchScores(classifier.classes, embeddings, sims, probs, score.astype(np.float64), tuple(normal_classes))
 
 
-def score_patches(model: object, patches: Patches, prompts: Mapping[str, Sequence[str] | str] | None = None,
+def score_patches(model: ClipModel, patches: Patches, prompts: Mapping[str, Sequence[str] | str] | None = None,
                   **kwargs: object) -> PatchScores:
     """Plain-call twin of `iter_score_patches`."""
     return run_generator(iter_score_patches(model, patches, prompts, **kwargs))  # type: ignore[arg-type]
@@ -144,7 +148,7 @@ def square_image(image: np.ndarray) -> np.ndarray:
 
 
 def classify_montage(
-    model: object,
+    model: ClipModel,
     montage: Montage | np.ndarray,
     class_prompts: Mapping[str, Sequence[str] | str] | None = None,
     templates: Sequence[str] | None = None,

@@ -2,16 +2,16 @@
 
 One generator (`iter_run_ct_montage`) runs the whole chain and returns a `CTMontageResult`,
 which saves itself as montage PNG, patch and montage tables (CSV), scores and the run
-config (JSON), each written atomically (temporary file in the same folder, then `os.replace`).
+config (JSON), each written atomically (`napari_clipmed.io.atomic`).
 """
 
 from __future__ import annotations
 
 import json
 import os
-import tempfile
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -31,7 +31,11 @@ from napari_clipmed.ct.lung import LungMaskConfig, lung_mask
 from napari_clipmed.ct.montage import Montage, build_montage
 from napari_clipmed.ct.patches import PatchConfig, Patches, check_patch_config, extract_patches
 from napari_clipmed.errors import InputError
+from napari_clipmed.io.atomic import atomic_write
 from napari_clipmed.progress import Progress, ProgressGenerator, forward, run_generator
+
+if TYPE_CHECKING:
+    from napari_clipmed.models.model import ClipModel
 
 
 def _prompts(table: dict[str, tuple[str, ...]]) -> dict[str, tuple[str, ...]]:
@@ -154,25 +158,12 @@ class CTMontageResult:
         }
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
-        return {name: write_atomic(out / name, data) for name, data in payloads.items()}
-
-
-def write_atomic(path: Path, data: bytes) -> Path:
-    """Write `data` to a temporary file next to `path`, then move it into place."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+        return {name: atomic_write(out / name, data) for name, data in payloads.items()}
 
 
 def iter_run_ct_montage(
     volume: CTVolume,
-    model: object,
+    model: ClipModel,
     config: CTMontageConfig | None = None,
     mask: np.ndarray | None = None,
 ) -> ProgressGenerator[CTMontageResult]:
@@ -203,7 +194,7 @@ def iter_run_ct_montage(
     yield Progress(steps, steps, "done")
     return CTMontageResult(
         config=cfg,
-        model_name=str(getattr(getattr(model, "spec", None), "name", type(model).__name__)),
+        model_name=model.identity,
         source=volume.source,
         lung_volume_ml=float(np.count_nonzero(mask)) * volume.voxel_volume_ml,
         patches=patches,
@@ -214,7 +205,7 @@ def iter_run_ct_montage(
     )
 
 
-def run_ct_montage(volume: CTVolume, model: object, config: CTMontageConfig | None = None,
+def run_ct_montage(volume: CTVolume, model: ClipModel, config: CTMontageConfig | None = None,
                    mask: np.ndarray | None = None) -> CTMontageResult:
     """Plain-call twin of `iter_run_ct_montage`."""
     return run_generator(iter_run_ct_montage(volume, model, config, mask))

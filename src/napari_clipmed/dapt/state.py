@@ -9,16 +9,13 @@ previous epoch's model file deleted. An interruption anywhere leaves the last co
 
 from __future__ import annotations
 
-import json
-import os
-import tempfile
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from napari_clipmed.errors import CheckpointError
+from napari_clipmed.io.atomic import atomic_path
 
 STATE_FORMAT = "napari-clipmed-dapt-state"
 STATE_FILE = "dapt-state.pt"
@@ -46,32 +43,12 @@ class TrainState:
     fingerprint: dict
 
 
-def atomic_write(path: Path, write: Callable[[str], object]) -> Path:
-    """Call `write(tmp_path)` on a temp file in `path`'s folder, then rename it over `path`."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
-
-
-def write_text(path: Path, text: str) -> Path:
-    return atomic_write(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
-
-
-def write_json(path: Path, data: dict) -> Path:
-    return write_text(path, json.dumps(data, indent=2, default=str) + "\n")
-
-
 def commit(out_dir: Path, state: TrainState) -> Path:
     """Write `state` (its model file already written), then drop older epoch model files."""
     payload = {"format": STATE_FORMAT, **state.__dict__}
-    path = atomic_write(out_dir / STATE_FILE, lambda tmp: torch.save(payload, tmp))
+    path = out_dir / STATE_FILE
+    with atomic_path(path) as tmp:
+        torch.save(payload, tmp)
     for old in out_dir.glob(EPOCH_PATTERN):
         if old.name != state.model_file:
             old.unlink(missing_ok=True)

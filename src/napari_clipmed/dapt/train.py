@@ -37,9 +37,11 @@ from napari_clipmed.dapt.data import (
 )
 from napari_clipmed.dapt.step import accumulate_gradients, contrastive_loss, positive_mask
 from napari_clipmed.errors import InputError
+from napari_clipmed.io.atomic import atomic_write, write_json
 from napari_clipmed.models.checkpoint import read_checkpoint
 from napari_clipmed.models.device import autocast, resolve_precision
-from napari_clipmed.models.loader import ClipModel, load_model
+from napari_clipmed.models.loader import load_model
+from napari_clipmed.models.model import ClipModel
 from napari_clipmed.models.registry import UnknownModelError
 from napari_clipmed.progress import Progress, ProgressGenerator, run_generator
 
@@ -272,7 +274,7 @@ def iter_train(
                 "manifest": str(pairs.source or ""), "mode": pairs.mode, "n_train": len(train_rows),
                 "n_val": len(val_rows), "classes": pairs.classes, "device": clip.device_label,
                 "train_precision": run.precision, "config": config.to_dict()}
-    st.write_json(out / st.CONFIG_FILE, {**run_info, "status": "running",
+    write_json(out / st.CONFIG_FILE, {**run_info, "status": "running",
                                          "started": datetime.now(timezone.utc).isoformat(timespec="seconds")})
 
     module.train()
@@ -312,8 +314,8 @@ def iter_train(
                                                                   "history": history}})
     result = DaptResult(final, out, config, pairs.mode, clip.spec.name, history,
                         previous.epoch if previous is not None else 0)
-    st.write_text(out / st.HISTORY_FILE, result.to_frame().to_csv(index=False))
-    st.write_json(out / st.CONFIG_FILE, {**run_info, "status": "finished", "final_checkpoint": str(final),
+    atomic_write(out / st.HISTORY_FILE, result.to_frame().to_csv(index=False))
+    write_json(out / st.CONFIG_FILE, {**run_info, "status": "finished", "final_checkpoint": str(final),
                                          "finished": datetime.now(timezone.utc).isoformat(timespec="seconds")})
     yield Progress(total, total, f"wrote {final}")
     return result

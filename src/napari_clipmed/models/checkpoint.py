@@ -9,7 +9,6 @@ architecture and preprocessing so the `local` model can rebuild them.
 from __future__ import annotations
 
 import os
-import tempfile
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,6 +16,7 @@ from pathlib import Path
 import torch
 
 from napari_clipmed.errors import CheckpointError, CheckpointMismatchError
+from napari_clipmed.io.atomic import atomic_path
 from napari_clipmed.models.convert import (
     convert_hf_state_dict,
     hf_config_to_open_clip,
@@ -142,14 +142,7 @@ def check_compatible(model: torch.nn.Module, state_dict: dict[str, torch.Tensor]
 def save_checkpoint(state_dict: dict[str, torch.Tensor], path: str | os.PathLike[str], meta: dict) -> Path:
     """Write a napari-clipmed checkpoint atomically (temp file, then rename)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     payload = {"format": CLIPMED_FORMAT, "meta": meta, "state_dict": {k: v.detach().cpu() for k, v in state_dict.items()}}
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
+    with atomic_path(path) as tmp:
         torch.save(payload, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
     return path

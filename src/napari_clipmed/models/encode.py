@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -29,10 +28,8 @@ from napari_clipmed.models.images import (
     stack_to_tensor,
     to_hwc,
 )
+from napari_clipmed.models.model import ClipModel
 from napari_clipmed.progress import Progress, ProgressGenerator
-
-if TYPE_CHECKING:
-    from napari_clipmed.models.loader import ClipModel
 
 log = logging.getLogger(__name__)
 

@@ -1,96 +1,17 @@
-"""Load a registry model into a `ClipModel`: network, tokenizer, preprocessing and device together."""
+"""Load a registry model into a `ClipModel` (`models.model`): network, tokenizer, preprocessing and device together."""
 
 from __future__ import annotations
 
-import hashlib
 import os
-from collections.abc import Sequence
-from dataclasses import dataclass, field
-from pathlib import Path
 
-import numpy as np
 import torch
 
 from napari_clipmed.errors import CheckpointError
-from napari_clipmed.models import encode as _encode
-from napari_clipmed.models.cache import EmbeddingCache
-from napari_clipmed.models.checkpoint import Checkpoint, check_compatible, read_checkpoint, save_checkpoint
-from napari_clipmed.models.device import Precision, describe, pick_device, resolve_precision
-from napari_clipmed.models.images import ImageBatch
+from napari_clipmed.models.checkpoint import Checkpoint, check_compatible, read_checkpoint
+from napari_clipmed.models.device import Precision, pick_device, resolve_precision
+from napari_clipmed.models.model import ClipModel
 from napari_clipmed.models.registry import ModelSpec, get_spec
 from napari_clipmed.models.weights import resolve_weights
-from napari_clipmed.progress import ProgressGenerator, run_generator
-
-ENCODER_VERSION = "1"  # bump when preprocessing changes, so cached embeddings are not reused
-
-
-@dataclass(eq=False)
-class ClipModel:
-    """A CLIP network ready to encode: module in eval mode on its device, with tokenizer and spec."""
-
-    spec: ModelSpec
-    module: torch.nn.Module
-    tokenizer: object
-    device: torch.device
-    precision: str
-    weights_path: Path | None = None
-    cpu_fastpath: bool = True  # use `cpu_fastpath.vision_forward` for fp32 ViTs on a CPU
-    text_memo: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
-    _weights_hash: str | None = field(default=None, repr=False)
-
-    @property
-    def embed_dim(self) -> int:
-        return int(self.module.text_projection.shape[1]) if hasattr(self.module, "text_projection") else int(
-            self.module.visual.output_dim
-        )
-
-    @property
-    def logit_scale(self) -> float:
-        return float(self.module.logit_scale.detach().exp().clamp(max=100.0).item())
-
-    @property
-    def device_label(self) -> str:
-        return describe(self.device, self.precision)
-
-    @property
-    def weights_hash(self) -> str:
-        """Content hash of the weights (computed once): the cache must not mix checkpoints."""
-        if self._weights_hash is None:
-            digest = hashlib.blake2b(digest_size=16)
-            for key, tensor in sorted(self.module.state_dict().items()):
-                digest.update(key.encode())
-                digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().data)
-            self._weights_hash = digest.hexdigest()
-        return self._weights_hash
-
-    @property
-    def signature(self) -> str:
-        """What decides an image's embedding: model, weights, preprocessing, precision, encoder version."""
-        spec = self.spec
-        parts = (spec.name, spec.arch, self.weights_hash, spec.image_size, spec.mean, spec.std, self.precision, ENCODER_VERSION)
-        return hashlib.blake2b(repr(parts).encode(), digest_size=16).hexdigest()
-
-    def iter_encode_images(
-        self, images: ImageBatch, *, batch_size: int = 64, cache: EmbeddingCache | None = None
-    ) -> ProgressGenerator[np.ndarray]:
-        """Generator form of `encode_images` (yields Progress per batch)."""
-        return _encode.iter_encode_images(self, images, batch_size=batch_size, cache=cache)
-
-    def encode_images(
-        self, images: ImageBatch, *, batch_size: int = 64, cache: EmbeddingCache | None = None
-    ) -> np.ndarray:
-        """(N, D) float32 L2-normalised image embeddings."""
-        return run_generator(self.iter_encode_images(images, batch_size=batch_size, cache=cache))
-
-    def encode_texts(self, texts: Sequence[str]) -> np.ndarray:
-        """(N, D) float32 L2-normalised text embeddings (memoised)."""
-        return _encode.encode_texts(self, texts)
-
-    def save(self, path: str | os.PathLike[str], extra_meta: dict | None = None) -> Path:
-        """Write a napari-clipmed checkpoint that `load_model("local", weights=path)` rebuilds."""
-        meta = spec_to_meta(self.spec, arch_config_of(self.spec)) | (extra_meta or {})
-        return save_checkpoint(self.module.state_dict(), path, meta)
-
 
 def arch_config_of(spec: ModelSpec) -> dict:
     """The open_clip config dict of `spec`'s architecture."""
