@@ -134,9 +134,9 @@ class Gate:
 
     def save(self, path: str | Path) -> Path:
         """Write the gate as JSON, atomically."""
-        from napari_clipmed.bench.report import write_text
+        from napari_clipmed.io.atomic import write_json
 
-        return write_text(path, json.dumps(self.to_dict(), indent=2) + "\n")
+        return write_json(path, self.to_dict())
 
     @classmethod
     def from_dict(cls, data: object, source: str = "the gate") -> Gate:
