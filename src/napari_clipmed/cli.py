@@ -22,6 +22,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "napari_clipmed.commands.dapt",
     "napari_clipmed.commands.ct",
     "napari_clipmed.commands.pathology",
+    "napari_clipmed.commands.quality",
 )
 
 
