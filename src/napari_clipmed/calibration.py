@@ -15,13 +15,21 @@
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from napari_clipmed.errors import InputError
 from napari_clipmed.metrics import expected_calibration_error
+from napari_clipmed.progress import ProgressGenerator
+
+if TYPE_CHECKING:
+    from napari_clipmed.models.model import ClipModel
+    from napari_clipmed.zeroshot import PromptSet
 
 UNCERTAIN = "uncertain"
 MIN_PER_CLASS = 10  # fewer labelled tiles per class give a temperature no better than a guess
@@ -188,3 +196,77 @@ def selective_curve(correct: np.ndarray, score: np.ndarray, points: int = 20) ->
         n = max(1, int(round(k / points * len(ok))))
         out.append((n / len(ok), float(hits[n - 1] / n)))
     return out
+
+
+# --------------------------------------------------------------------------- prompts files with a temperature
+
+
+def write_calibrated_prompts(path: str | os.PathLike[str], prompts: PromptSet, model_identity: str,
+                             result: TemperatureCalibration, threshold: float | None = None,
+                             coverage: float | None = None) -> Path:
+    """The prompts as a YAML prompt file (readable by `PromptSet.parse`) with a `calibration:` block."""
+    import yaml
+
+    from napari_clipmed.io.atomic import atomic_write
+
+    block: dict[str, object] = {"model": model_identity, **result.to_dict()}
+    if threshold is not None:
+        block |= {"abstain_below": float(threshold), "coverage": coverage}
+    doc = {"name": prompts.name, "description": prompts.description,
+           "classes": {k: list(v) for k, v in prompts.classes.items()}, "templates": list(prompts.templates),
+           "calibration": block}
+    return atomic_write(path, yaml.safe_dump(doc, sort_keys=False, allow_unicode=True))
+
+
+def read_prompt_calibration(source: object, model_identity: str | None = None) -> dict[str, object] | None:
+    """The `calibration:` block of a prompt file (None for anything else); refuses another model's block."""
+    import yaml
+
+    text = os.fspath(source) if isinstance(source, (str, os.PathLike)) else ""
+    path = Path(text)
+    if not text or path.suffix.lower() not in (".yaml", ".yml", ".json") or not path.is_file():
+        return None
+    data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    block = data.get("calibration") if isinstance(data, dict) else None
+    if not isinstance(block, dict):
+        return None
+    t = block.get("temperature")
+    if isinstance(t, bool) or not isinstance(t, (int, float)) or not T_RANGE[0] <= t <= T_RANGE[1]:
+        raise InputError(f"{path}: calibration temperature must be a number in {T_RANGE}; got {t!r}")
+    if model_identity is not None and block.get("model") not in (None, model_identity):
+        raise InputError(f"{path} was calibrated for model {block.get('model')}, not {model_identity}: "
+                         "recalibrate with `clipmed zeroshot --calibrate LABELLED_DIR`")
+    return block
+
+
+def iter_calibrate_prompts(
+    model: ClipModel, prompts: PromptSet, labelled: object, *, seed: int = 0, coverage: float | None = None,
+    batch_size: int = 64, cache: object = None, min_per_class: int = MIN_PER_CLASS,
+) -> ProgressGenerator[tuple[TemperatureCalibration, float | None]]:
+    """Fit the temperature of `prompts` with `model` on a labelled tile folder or manifest.
+
+    Returns the calibration and, for a target `coverage`, the top-probability threshold that keeps
+    that share of the held-out half (after temperature scaling).
+    """
+    from napari_clipmed.bench.tasks import iter_load_tiles, prompt_columns
+    from napari_clipmed.datasets import load_images
+    from napari_clipmed.zeroshot import ZeroShotClassifier
+
+    tileset, is_labelled = load_images(labelled)  # type: ignore[arg-type]
+    if not is_labelled:
+        raise InputError(f"{labelled} carries no labels: calibrate on an ImageFolder (one folder per class) or a "
+                         "CSV manifest with a label column")
+    columns = prompt_columns(tileset.class_names, prompts)
+    check_labelled(tileset.labels, tileset.class_names, min_per_class)
+    tiles = yield from iter_load_tiles(tileset)
+    labels = columns[tiles.tileset.labels]
+    check_labelled(labels, prompts.class_names, min_per_class)
+    classifier = ZeroShotClassifier.from_prompts(model, prompts)
+    emb = yield from model.iter_encode_images(tiles.images, batch_size=batch_size, cache=cache)
+    logits = classifier.logits(emb)
+    result = calibrate_temperature(logits, labels, prompts.class_names, seed=seed, min_per_class=min_per_class)
+    threshold = None
+    if coverage is not None:
+        _, held = stratified_halves(labels, seed)
+        threshold = threshold_for_coverage(confidence(softmax(logits[held], result.temperature)).probability, coverage)
+    return result, threshold

@@ -122,11 +122,14 @@ def iter_zeroshot_tiles(
     *,
     batch_size: int = 64,
     cache: EmbeddingCache | None = None,
+    temperature: float = 1.0,
 ) -> ProgressGenerator[ZeroShotEvaluation]:
-    """Classify `tiles` zero-shot; with `columns` (tile class -> prompt column) also score them."""
+    """Classify `tiles` zero-shot (softmax at `temperature`); with `columns` (tile class -> prompt column) also score them."""
+    from dataclasses import replace
+
     from napari_clipmed.zeroshot import ZeroShotClassifier
 
-    classifier = ZeroShotClassifier.from_prompts(model, prompts)
+    classifier = replace(ZeroShotClassifier.from_prompts(model, prompts), temperature=temperature)
     emb = yield from model.iter_encode_images(tiles.images, batch_size=batch_size, cache=cache)
     probs = classifier.predict_proba(emb)
     ts = tiles.tileset

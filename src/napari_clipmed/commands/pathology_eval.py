@@ -70,6 +70,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     group.add_argument("--preset", help="prompt preset name or YAML/JSON file")
     p.add_argument("--templates", help="prompt templates separated by ';', each with {}")
     p.add_argument("--out", required=True, type=Path, help="predictions CSV")
+    from napari_clipmed.commands.quality import add_zeroshot_options
+
+    add_zeroshot_options(p)
     _common(p)
     p.set_defaults(func=_run_zeroshot)
 
@@ -144,16 +147,22 @@ def _run_zeroshot(args: argparse.Namespace) -> int:
     else:
         raise InputError("these images carry no labels: name the classes with --classes a,b or --preset NAME")
     model = load_model(args.model, args.weights, weights_dir=args.weights_dir, device=args.device)
+    from napari_clipmed.commands.quality import ZeroShotTrust
+
     printer = StderrProgress(args.quiet)
     try:
+        trust = ZeroShotTrust.from_args(args, model, prompts, printer, _cache(args))
         tiles = run_generator(iter_load_tiles(tileset), printer)
         result = run_generator(iter_zeroshot_tiles(model, tiles, prompts, columns, batch_size=args.batch_size,
-                                                   cache=_cache(args)), printer)
+                                                   cache=_cache(args), temperature=trust.temperature), printer)
+        frame_extra = trust.columns(result.probabilities, result.classes, tiles.images, printer)
     finally:
         printer.close()
     if labelled and result.true is None:
         result.true = list(tiles.tileset.label_names)
     frame = result.to_frame()
+    for name, values in frame_extra.items():
+        frame.insert(frame.columns.get_loc("predicted") + 1 + list(frame_extra).index(name), name, values)
     report.write_csv(frame, args.out)
     for name, value in result.scores.items():
         print(f"{name}: {value:.4f}")

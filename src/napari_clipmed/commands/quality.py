@@ -3,9 +3,19 @@
 from __future__ import annotations
 
 import argparse
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
 
 from napari_clipmed.commands._progress import StderrProgress
+from napari_clipmed.errors import InputError
+
+if TYPE_CHECKING:
+    from napari_clipmed.models.model import ClipModel
+    from napari_clipmed.pathology.gate import Gate
+    from napari_clipmed.zeroshot import PromptSet
 
 
 def _qc(args: argparse.Namespace) -> int:
@@ -97,3 +107,91 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--describe", help="what the tiles are, stored in the gate file")
     p.add_argument("--out", required=True, type=Path, help="gate JSON to write")
     p.set_defaults(func=_qc_calibrate)
+
+
+# --------------------------------------------------------------------------- clipmed zeroshot: calibration, abstention
+
+
+def add_zeroshot_options(p: argparse.ArgumentParser) -> None:
+    """`clipmed zeroshot` options for temperature scaling and abstaining (wired in commands/pathology_eval.py)."""
+    g = p.add_argument_group("calibration and abstention")
+    g.add_argument("--calibrate", type=Path, metavar="LABELLED_DIR",
+                   help="fit the softmax temperature on this labelled tile set (ImageFolder or manifest; one half "
+                        "fits it, the other reports ECE before/after) and save it with the prompts")
+    g.add_argument("--save-prompts", type=Path, help="prompt file written with the temperature "
+                   "(default: OUT with suffix .prompts.yaml); pass it back with --preset")
+    g.add_argument("--coverage", type=float, help="label 'uncertain' all but this share of tiles, the most confident "
+                   "kept (threshold from the calibration hold-out with --calibrate, else from these tiles)")
+    g.add_argument("--abstain-below", type=float, help="label 'uncertain' where the top probability is under this")
+    g.add_argument("--gate", help="label 'uncertain' the tiles failing this quality gate JSON ('default': the shipped one)")
+    g.add_argument("--calibration-seed", type=int, default=0, help="seed of the fit/held-out split (default 0)")
+
+
+@dataclass(frozen=True)
+class ZeroShotTrust:
+    """The temperature and abstention rules of one `clipmed zeroshot` run."""
+
+    temperature: float = 1.0
+    threshold: float | None = None
+    coverage: float | None = None  # choose the threshold on the classified tiles themselves
+    gate: Gate | None = None
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace, model: ClipModel, prompts: PromptSet,
+                  printer: StderrProgress, cache: object = None) -> ZeroShotTrust:
+        from napari_clipmed.calibration import iter_calibrate_prompts, read_prompt_calibration, write_calibrated_prompts
+        from napari_clipmed.pathology.gate import load_gate
+        from napari_clipmed.progress import run_generator
+
+        if args.coverage is not None and args.abstain_below is not None:
+            raise InputError("give either --coverage or --abstain-below, not both")
+        if args.coverage is not None and not 0.0 < args.coverage <= 1.0:
+            raise InputError(f"--coverage is the share of tiles to keep, in (0, 1]; got {args.coverage}")
+        gate = load_gate(args.gate) if args.gate else None
+        block = read_prompt_calibration(args.preset, model.identity) if args.preset else None
+        temperature = float(block["temperature"]) if block else 1.0
+        threshold = block.get("abstain_below") if block else None
+        if block:
+            print(f"using the temperature {temperature:.4g} saved with {args.preset}")
+        if args.calibrate is not None:
+            result, held_threshold = run_generator(iter_calibrate_prompts(
+                model, prompts, args.calibrate, seed=args.calibration_seed, coverage=args.coverage,
+                batch_size=args.batch_size, cache=cache), printer)
+            temperature, threshold = result.temperature, held_threshold
+            saved = write_calibrated_prompts(args.save_prompts or args.out.with_suffix(".prompts.yaml"), prompts,
+                                             model.identity, result, threshold, args.coverage)
+            print(f"temperature {result.temperature:.4g} fitted on {result.n_fit} tiles; ECE on {result.n_held_out} "
+                  f"held-out tiles: {result.ece_before:.4f} before, {result.ece_after:.4f} after")
+            print(f"saved the prompts with the temperature to {saved}")
+        if args.abstain_below is not None:
+            threshold = args.abstain_below
+        coverage = args.coverage if args.coverage is not None and args.calibrate is None else None
+        return cls(temperature, None if coverage is not None else threshold, coverage, gate)
+
+    def columns(self, probabilities: np.ndarray, classes: list[str], images: list[np.ndarray],
+                printer: StderrProgress) -> dict[str, object]:
+        """`decision` (the class, or "uncertain") and `abstain_reason`; empty when no abstention was asked for."""
+        from napari_clipmed.calibration import abstain, confidence, threshold_for_coverage
+        from napari_clipmed.ops.qc import QcRequest, iter_run
+        from napari_clipmed.progress import run_generator
+
+        if self.threshold is None and self.coverage is None and self.gate is None:
+            return {}
+        top = confidence(probabilities).probability
+        threshold = self.threshold if self.threshold is not None else 0.0
+        if self.coverage is not None:
+            threshold = threshold_for_coverage(top, self.coverage)
+        out: dict[str, object] = {}
+        passed = None
+        if self.gate is not None:
+            verdict = run_generator(iter_run(QcRequest(tuple(images), self.gate)), printer).verdict
+            passed = verdict.passed
+            for note in verdict.measures.notes:
+                print(f"note: {note}")
+            out = {"quality_passed": passed, "quality_reasons": list(verdict.reasons)}
+        predicted = [classes[i] for i in np.argmax(probabilities, axis=1)]
+        decision, why = abstain(predicted, top, threshold, passed)
+        uncertain = sum(d == "uncertain" for d in decision)
+        print(f"abstained on {uncertain} of {len(decision)} tiles (top probability < {threshold:.4g}"
+              + (", or failed the quality gate)" if passed is not None else ")"))
+        return {"decision": decision, "abstain_reason": why, **out}
