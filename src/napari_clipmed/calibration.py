@@ -186,16 +186,19 @@ def abstain(
     return labels, why
 
 
-def selective_curve(correct: np.ndarray, score: np.ndarray, points: int = 20) -> list[tuple[float, float]]:
-    """(coverage, accuracy) keeping the highest-scoring share of tiles, at `points` coverages up to 1."""
+def selective_accuracy(correct: np.ndarray, score: np.ndarray, coverage: float) -> float:
+    """Accuracy on the `coverage` share of tiles (at least one) with the highest score (stable order on ties)."""
     ok = np.asarray(correct, dtype=np.float64)
     order = np.argsort(-np.asarray(score, dtype=np.float64), kind="stable")
-    hits = np.cumsum(ok[order])
-    out = []
-    for k in range(1, points + 1):
-        n = max(1, int(round(k / points * len(ok))))
-        out.append((n / len(ok), float(hits[n - 1] / n)))
-    return out
+    n = max(1, int(round(coverage * len(ok))))
+    return float(ok[order[:n]].mean())
+
+
+def selective_curve(correct: np.ndarray, score: np.ndarray, points: int = 20) -> list[tuple[float, float]]:
+    """(coverage, accuracy) keeping the highest-scoring share of tiles, at `points` coverages up to 1."""
+    n = len(correct)
+    return [(max(1, int(round(k / points * n))) / n, selective_accuracy(correct, score, k / points))
+            for k in range(1, points + 1)]
 
 
 # --------------------------------------------------------------------------- prompts files with a temperature

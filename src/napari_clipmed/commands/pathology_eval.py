@@ -55,6 +55,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--templates", help="prompt templates separated by ';', each with {}")
     p.add_argument("--split", help="only tiles of this manifest split")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--gate", type=Path, help="quality gate JSON for the gate metrics (default: the shipped gate)")
     p.add_argument("--out", required=True, type=Path, help="output folder")
     _common(p)
     p.set_defaults(func=_run_robustness)
@@ -107,7 +108,7 @@ def _run_robustness(args: argparse.Namespace) -> int:
         models=tuple(args.models), corruptions=tuple(args.corruptions), severities=tuple(args.severities),
         ks=tuple(args.k), preset=args.preset, templates=_templates(args.templates), seed=args.seed,
         batch_size=args.batch_size, out_dir=args.out, weights_dir=args.weights_dir, cache_dir=args.cache_dir,
-        use_cache=not args.no_cache, device=args.device,
+        use_cache=not args.no_cache, device=args.device, gate=args.gate,
     )
     printer = StderrProgress(args.quiet)
     try:
