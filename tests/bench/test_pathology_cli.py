@@ -18,8 +18,8 @@ def test_robustness_command_writes_results(tile_root: Path, tmp_path: Path, caps
                  "--severities", "0,4", "--k", "1", "--out", str(out), "--device", "cpu", "--quiet"])
     assert code == 0
     table = pd.read_csv(out / "results.csv")
-    assert len(table) == 2 * 7 and set(table["severity"]) == {0, 4} and set(table["corruption"]) == {"hue"}
-    assert (out / "summary.md").is_file() and len(list((out / "plots").glob("*.png"))) == 7
+    assert len(table) == 2 * 14 and set(table["severity"]) == {0, 4} and set(table["corruption"]) == {"hue"}  # 7 zero-shot + retrieval, 7 gate + selective
+    assert (out / "summary.md").is_file() and len(list((out / "plots").glob("*.png"))) == 7 + 3  # + gate_flagged, gated accuracy, selective curve
     assert "wrote" in capsys.readouterr().out
 
 
@@ -33,7 +33,7 @@ def test_robustness_command_compares_a_checkpoint(tile_root: Path, tmp_path: Pat
                  "--corruptions", "hue", "--severities", "0", "--k", "1", "--out", str(out), "--quiet"])
     assert code == 0
     table = pd.read_csv(out / "results.csv")
-    assert sorted(set(table["model"])) == ["dapt", "tiny-random"] and len(table) == 2 * 7
+    assert sorted(set(table["model"])) == ["dapt", "tiny-random"] and len(table) == 2 * 14
     assert "| dapt |" in (out / "summary.md").read_text()
 
 
