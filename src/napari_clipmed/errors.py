@@ -21,3 +21,15 @@ class CheckpointError(ClipmedError):
 
 class CheckpointMismatchError(CheckpointError):
     """A checkpoint whose keys or tensor shapes do not fit the model's architecture."""
+
+
+class BundleError(ClipmedError):
+    """A weights bundle that is incomplete or damaged (missing file, hash mismatch, bad manifest)."""
+
+
+class GatedModelError(WeightsNotFoundError):
+    """A gated model asked for without credentials that the hub accepts."""
+
+
+class BackendError(ClipmedError):
+    """A model backend that is unknown or whose entry point fails to import."""

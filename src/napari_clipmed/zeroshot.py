@@ -231,7 +231,9 @@ class ZeroShotClassifier:
     class_embeddings: np.ndarray  # (C, D), rows L2-normalised
     logit_scale: float
     model_signature: str = ""
-    temperature: float = 1.0  # softmax(logits / T); fitted by `calibration.calibrate_temperature`
+    scoring: str = "softmax"  # the model's rule: softmax over classes, or sigmoid per class (SigLIP)
+    logit_bias: float = 0.0
+    temperature: float = 1.0  # probabilities of logits / T; fitted by `calibration.calibrate_temperature`
 
     @classmethod
     def from_prompts(
@@ -243,7 +245,8 @@ class ZeroShotClassifier:
         for name in prompts.class_names:
             emb = model.encode_texts(prompts.prompts_for(name)).mean(axis=0)
             rows.append(emb / max(np.linalg.norm(emb), 1e-12))
-        return cls(prompts, np.stack(rows).astype(np.float32), model.logit_scale, model.signature)
+        return cls(prompts, np.stack(rows).astype(np.float32), model.logit_scale, model.signature,
+                   getattr(model, "scoring", "softmax"), getattr(model, "logit_bias", 0.0))
 
     @property
     def classes(self) -> list[str]:
@@ -265,11 +268,15 @@ class ZeroShotClassifier:
         return self._check(image_embeddings) @ self.class_embeddings.T
 
     def logits(self, image_embeddings: np.ndarray) -> np.ndarray:
-        return self.logit_scale * self.scores(image_embeddings)
+        return self.logit_scale * self.scores(image_embeddings) + self.logit_bias
 
     def predict_proba(self, image_embeddings: np.ndarray) -> np.ndarray:
-        """(N, C) softmax probabilities."""
+        """(N, C) probabilities by the model's rule: softmax over classes (rows sum to 1) or, for
+        sigmoid models, each class's own probability (rows need not sum to 1); logits divided by
+        the fitted temperature first."""
         logits = self.logits(image_embeddings).astype(np.float64) / self.temperature
+        if self.scoring == "sigmoid":
+            return (1.0 / (1.0 + np.exp(-logits))).astype(np.float32)
         logits -= logits.max(axis=1, keepdims=True)
         probs = np.exp(logits)
         return (probs / probs.sum(axis=1, keepdims=True)).astype(np.float32)

@@ -17,6 +17,18 @@ def test_models_lists_every_model_and_what_is_missing(tmp_path, capsys) -> None:
     assert "tiny-random" in out and "no weights needed" in out
 
 
+def test_models_shows_licence_and_gated_columns(tmp_path, capsys) -> None:
+    assert main(["models", "--weights-dir", str(tmp_path)]) == 0
+    rows = {line.split()[0]: line for line in capsys.readouterr().out.splitlines()[2:] if line.startswith("  ") and
+            line.split() and not line.startswith("   ")}
+    assert rows["medsiglip"].split()[1] == "yes" and "Health AI Developer Foundations" in rows["medsiglip"]
+    assert rows["pathgen-clip"].split()[1] == "yes"
+    assert rows["biomedclip"].split()[1] == "no" and "MIT" in rows["biomedclip"]
+    assert "missing: put bundle folder biomedclip there" in rows["biomedclip"]
+    for name in ("quiltnet-b-16", "quiltnet-b-16-pmb", "omiclip"):
+        assert rows[name].split()[1] == "no"
+
+
 def test_convert_then_load_as_local(tmp_path, small_hf_clip) -> None:
     hf = small_hf_clip(4)
     hf.save_pretrained(tmp_path / "hf")

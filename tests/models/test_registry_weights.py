@@ -22,6 +22,31 @@ def test_registry_has_the_study_models() -> None:
     assert list_models()[: len(MODELS)] == list(MODELS)
 
 
+def test_registry_has_the_newer_models_with_licence_gating_and_rules() -> None:
+    from napari_clipmed.models.registry import FOLDER_ARCH
+
+    new = {"biomedclip": False, "quiltnet-b-16": False, "quiltnet-b-16-pmb": False, "pathgen-clip": True,
+           "omiclip": False, "medsiglip": True}
+    for name, gated in new.items():
+        spec = get_spec(name)
+        assert spec.licence and spec.gated is gated and spec.hub_id
+        assert spec.training_mpp is None or spec.resolution_source  # a resolution always comes with its source
+    assert get_spec("biomedclip").arch == FOLDER_ARCH and get_spec("quiltnet-b-16-pmb").arch == FOLDER_ARCH
+    assert get_spec("omiclip").arch == "coca_ViT-L-14" and get_spec("omiclip").trusted_pickle
+    medsiglip = get_spec("medsiglip")
+    assert (medsiglip.backend, medsiglip.scoring, medsiglip.image_size, medsiglip.resize) == (
+        "hf_siglip", "sigmoid", 448, "squash")
+    assert medsiglip.mean == medsiglip.std == (0.5, 0.5, 0.5)
+    assert all(get_spec(n).scoring == "softmax" and get_spec(n).backend == "open_clip" for n in REQUIRED)
+
+
+def test_folder_model_missing_says_to_pull_a_bundle(tmp_path) -> None:
+    with pytest.raises(WeightsNotFoundError) as info:
+        resolve_weights(get_spec("biomedclip"), weights_dir=tmp_path, allow_download=False)
+    assert f"put its bundle folder at {tmp_path / 'biomedclip'}" in str(info.value)
+    assert "clipmed models pull biomedclip" in str(info.value)
+
+
 def test_unknown_model_lists_known_ones() -> None:
     with pytest.raises(UnknownModelError) as info:
         get_spec("clip-of-doom")
@@ -75,7 +100,7 @@ def test_failed_download_is_one_clear_error(tmp_path, monkeypatch) -> None:
     def boom(*args, **kwargs):
         raise ConnectionError("Failed to resolve host")
 
-    monkeypatch.setattr(huggingface_hub, "snapshot_download", boom)
+    monkeypatch.setattr(huggingface_hub.HfApi, "model_info", boom)
     with pytest.raises(WeightsNotFoundError) as info:
         resolve_weights(get_spec("plip"), weights_dir=tmp_path)
     assert info.value.__cause__ is None and info.value.__suppress_context__

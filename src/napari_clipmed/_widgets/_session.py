@@ -70,8 +70,9 @@ def availability(choice: ModelChoice) -> str:
         return str(err)
     except ClipmedError as err:
         if choice.weights is None and spec.hub_id and not is_offline():
+            gated = " (gated: accept its terms on the hub and set HF_TOKEN first)" if spec.gated else ""
             return (f"{spec.name}: not downloaded yet; Load fetches it from {spec.hub_id} "
-                    f"into {default_weights_dir()}")
+                    f"into {default_weights_dir()}{gated}")
         return str(err)
     if path is None:
         return f"{spec.name}: needs no checkpoint; click Load. {spec.description}"

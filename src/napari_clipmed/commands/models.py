@@ -24,18 +24,56 @@ def model_from_args(args: argparse.Namespace, name: str | None = None):
 
 def _list(args: argparse.Namespace) -> int:
     from napari_clipmed.errors import WeightsNotFoundError
-    from napari_clipmed.models.registry import MODELS
+    from napari_clipmed.models.backends import broken_backends
+    from napari_clipmed.models.registry import MODELS, list_models
     from napari_clipmed.models.weights import default_weights_dir, resolve_weights
 
     folder = Path(args.weights_dir) if args.weights_dir else default_weights_dir()
     print(f"weights folder: {folder}")
-    for spec in MODELS.values():
+    print(f"  {'name':18s} {'gated':5s} {'licence':44s} weights")
+    for name in list_models():
+        spec = MODELS[name]
         try:
             found = resolve_weights(spec, weights_dir=folder, allow_download=False)
             state = "no weights needed" if found is None else f"found {found}"
         except WeightsNotFoundError:
-            state = f"missing: put {spec.weights_file} there" if spec.weights_file else "pass --weights FILE"
-        print(f"  {spec.name:16s} {spec.arch:20s} {state}\n  {'':16s} {spec.description} Licence: {spec.licence}.")
+            state = "pass --weights FILE"
+            if spec.weights_file:
+                folder_model = not Path(spec.weights_file).suffix and spec.weights_format != "hf_clip"
+                state = f"missing: put {'bundle folder ' if folder_model else ''}{spec.weights_file} there"
+        licence = spec.licence if len(spec.licence) <= 44 else spec.licence[:41] + "..."
+        gated = "yes" if spec.gated else "no"
+        print(f"  {spec.name:18s} {gated:5s} {licence:44s} {state}\n  {'':18s} {spec.description}")
+        if spec.training_mpp or spec.training_magnification:
+            at = ", ".join(x for x in (spec.training_magnification, f"{spec.training_mpp} µm/px" if spec.training_mpp else "") if x)
+            print(f"  {'':18s} trained at {at} ({spec.resolution_source})")
+    for reason in broken_backends().values():
+        print(f"  warning: {reason}")
+    return 0
+
+
+def _pull(args: argparse.Namespace) -> int:
+    """Download a model into a bundle folder (on a connected machine)."""
+    from napari_clipmed.commands._progress import StderrProgress
+    from napari_clipmed.models.bundle import iter_pull
+    from napari_clipmed.progress import run_generator
+
+    printer = StderrProgress()
+    try:
+        manifest = run_generator(iter_pull(args.name, args.to, revision=args.revision), printer)
+    finally:
+        printer.close()
+    size = sum(f.size for f in manifest.files)
+    print(f"wrote bundle {args.to}: {len(manifest.files)} files, {size / 1e6:.1f} MB, {manifest.source}@{manifest.revision[:12]}")
+    print(f"check it on the offline machine with: clipmed models verify {args.to}")
+    return 0
+
+
+def _verify(args: argparse.Namespace) -> int:
+    """Check a bundle's hashes and run one forward pass with the network blocked."""
+    from napari_clipmed.models.bundle import verify
+
+    print(verify(args.folder, device=args.device).summary())
     return 0
 
 
@@ -79,9 +117,19 @@ def _encode(args: argparse.Namespace) -> int:
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser("models", help="list registered models and whether their weights are present")
+    p = subparsers.add_parser("models", help="list registered models (licence, gated, weights present); pull, verify")
     p.add_argument("--weights-dir", default=None)
     p.set_defaults(func=_list)
+    actions = p.add_subparsers(dest="action", metavar="ACTION")
+    q = actions.add_parser("pull", help="download a model into a weights bundle folder (needs the network)")
+    q.add_argument("name", help="registry name (see `clipmed models`)")
+    q.add_argument("--to", required=True, help="bundle folder to create (copy it to the offline machine)")
+    q.add_argument("--revision", default=None, help="hub revision (branch, tag or commit); default: the latest")
+    q.set_defaults(func=_pull)
+    q = actions.add_parser("verify", help="check a bundle's files against its manifest and run it once, offline")
+    q.add_argument("folder")
+    q.add_argument("--device", default="cpu", help="device for the forward pass (default: cpu)")
+    q.set_defaults(func=_verify)
 
     p = subparsers.add_parser("convert", help="convert a Hugging Face CLIPModel checkpoint for open_clip")
     p.add_argument("source", help="Hugging Face CLIPModel folder or weights file")

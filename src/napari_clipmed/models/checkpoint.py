@@ -55,7 +55,7 @@ def _weights_file_in(folder: Path) -> Path:
     return files[0]
 
 
-def _load_file(path: Path) -> object:
+def _load_file(path: Path, trusted_pickle: bool = False) -> object:
     try:
         if path.suffix == ".safetensors":
             from safetensors.torch import load_file
@@ -66,7 +66,12 @@ def _load_file(path: Path) -> object:
                 is_torchscript = any(n.split("/", 1)[-1].startswith("code/") for n in archive.namelist())
             if is_torchscript:  # OpenAI's original .pt files are TorchScript archives
                 return torch.jit.load(str(path), map_location="cpu").state_dict()
-        return torch.load(str(path), map_location="cpu", weights_only=True)
+        try:
+            return torch.load(str(path), map_location="cpu", weights_only=True)
+        except Exception:
+            if not trusted_pickle:
+                raise
+            return torch.load(str(path), map_location="cpu", weights_only=False)
     except CheckpointError:
         raise
     except Exception as err:  # noqa: BLE001 - every reader failure means the same to the user
@@ -76,8 +81,24 @@ def _load_file(path: Path) -> object:
         ) from None
 
 
-def read_checkpoint(path: str | os.PathLike[str]) -> Checkpoint:
-    """Read `path` (file or folder) into an open_clip-layout state dict."""
+def _refuse_siglip(hf_config: dict | None, state: dict, file: Path) -> None:
+    """A SigLIP checkpoint (MedSigLIP) is not a CLIP: say which model loads it instead of a key listing."""
+    siglip = (hf_config or {}).get("model_type", "") in ("siglip", "siglip2") or any(
+        k.startswith("vision_model.head.") or k == "logit_bias" for k in state
+    )
+    if siglip:
+        raise CheckpointError(
+            f"{file} is a SigLIP checkpoint (e.g. MedSigLIP), not a CLIP: load it with the model that names "
+            "it, `--model medsiglip --weights FOLDER` (load_model('medsiglip', weights=FOLDER))"
+        )
+
+
+def read_checkpoint(path: str | os.PathLike[str], *, trusted_pickle: bool = False) -> Checkpoint:
+    """Read `path` (file or folder) into an open_clip-layout state dict.
+
+    `trusted_pickle` allows a checkpoint that pickles Python objects (``weights_only=False``); only for
+    registry models that publish one (OmiCLIP), never for arbitrary files.
+    """
     path = Path(path)
     hf_config = None
     if path.is_dir():
@@ -86,7 +107,7 @@ def read_checkpoint(path: str | os.PathLike[str]) -> Checkpoint:
     else:
         file = path
         hf_config = read_hf_config(path.parent) if path.name in _PREFERRED_FILES else None
-    raw = _load_file(file)
+    raw = _load_file(file, trusted_pickle)
     if not isinstance(raw, dict):
         raise CheckpointError(f"checkpoint {file} holds a {type(raw).__name__}, not a state dict")
     meta: dict = {}
@@ -100,6 +121,7 @@ def read_checkpoint(path: str | os.PathLike[str]) -> Checkpoint:
         raise CheckpointError(f"checkpoint {file} holds no tensors")
     arch_config = meta.get("arch_config")
     if is_hf_clip_state_dict(state):
+        _refuse_siglip(hf_config, state, file)
         state = convert_hf_state_dict(state)
         if hf_config is not None:
             arch_config = hf_config_to_open_clip(hf_config)

@@ -29,6 +29,7 @@ from napari_clipmed.models.images import (
     to_hwc,
 )
 from napari_clipmed.models.model import ClipModel
+from napari_clipmed.models.tokens import check_context
 from napari_clipmed.progress import Progress, ProgressGenerator
 
 log = logging.getLogger(__name__)
@@ -55,12 +56,13 @@ def cpu_micro_batch(visual: torch.nn.Module) -> int:
 
 def _run_image_model(model: ClipModel, batch: torch.Tensor) -> torch.Tensor:
     spec = model.spec
-    pixels = preprocess_batch(batch, spec.image_size, spec.mean, spec.std)
+    pixels = preprocess_batch(batch, spec.image_size, spec.mean, spec.std, resize=spec.resize,
+                              interpolation=spec.interpolation)
     if model.device.type != "cpu":
         with autocast(model.device, model.precision):
             features = model.module.encode_image(pixels)
         return F.normalize(features.float(), dim=-1)
-    visual = model.module.visual
+    visual = getattr(model.module, "visual", None)  # None: a backend's network (`models.backends`)
     fast = model.cpu_fastpath and model.precision == "fp32" and supports_fast_forward(visual)
     step = cpu_micro_batch(visual)
     chunks = []
@@ -136,6 +138,7 @@ def encode_texts(model: ClipModel, texts: Sequence[str], *, batch_size: int = 25
         raise InputError("every prompt must be a non-empty string")
     memo = model.text_memo
     missing = list(dict.fromkeys(t for t in texts if t not in memo))
+    check_context(model.tokenizer, missing, model=model.spec.name)
     with torch.inference_mode():
         for start in range(0, len(missing), batch_size):
             chunk = missing[start : start + batch_size]

@@ -82,15 +82,25 @@ def stack_to_tensor(images: Sequence[np.ndarray], device: torch.device) -> torch
 
 
 def preprocess_batch(
-    batch: torch.Tensor, image_size: int, mean: Sequence[float], std: Sequence[float]
+    batch: torch.Tensor,
+    image_size: int,
+    mean: Sequence[float],
+    std: Sequence[float],
+    *,
+    resize: str = "crop",
+    interpolation: str = "bicubic",
 ) -> torch.Tensor:
     """open_clip's eval transform on a batch: shorter side to `image_size` (bicubic, antialiased),
-    centre crop, normalise."""
+    centre crop, normalise. `resize="squash"` resizes both sides to `image_size` instead (SigLIP's
+    processor), with the given `interpolation`."""
     _, _, height, width = batch.shape
-    if (height, width) != (image_size, image_size):
+    if resize == "squash" and (height, width) != (image_size, image_size):
+        batch = F.interpolate(batch, size=(image_size, image_size), mode=interpolation, antialias=True,
+                              align_corners=False).clamp(0.0, 1.0)
+    elif (height, width) != (image_size, image_size):
         scale = image_size / min(height, width)
         new_h, new_w = max(image_size, round(height * scale)), max(image_size, round(width * scale))
-        batch = F.interpolate(batch, size=(new_h, new_w), mode="bicubic", antialias=True, align_corners=False)
+        batch = F.interpolate(batch, size=(new_h, new_w), mode=interpolation, antialias=True, align_corners=False)
         top, left = (new_h - image_size) // 2, (new_w - image_size) // 2
         batch = batch[:, :, top : top + image_size, left : left + image_size].clamp(0.0, 1.0)
     mean_t = torch.as_tensor(mean, dtype=batch.dtype, device=batch.device).view(1, 3, 1, 1)

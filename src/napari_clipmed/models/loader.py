@@ -3,20 +3,34 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import torch
 
 from napari_clipmed.errors import CheckpointError
-from napari_clipmed.models.checkpoint import Checkpoint, check_compatible, read_checkpoint
+from napari_clipmed.models.backends import OPEN_CLIP, get_backend
+from napari_clipmed.models.bundle import is_bundle, spec_for_bundle
+from napari_clipmed.models.checkpoint import (
+    Checkpoint,
+    check_compatible,
+    read_checkpoint,
+)
 from napari_clipmed.models.device import Precision, pick_device, resolve_precision
+from napari_clipmed.models.folders import is_open_clip_folder, spec_from_folder
 from napari_clipmed.models.model import ClipModel
-from napari_clipmed.models.registry import ModelSpec, get_spec
+from napari_clipmed.models.registry import FOLDER_ARCH, ModelSpec, get_spec
 from napari_clipmed.models.weights import resolve_weights
+
 
 def arch_config_of(spec: ModelSpec) -> dict:
     """The open_clip config dict of `spec`'s architecture."""
     if spec.arch_config is not None:
         return spec.arch_config
+    if spec.arch == FOLDER_ARCH:
+        raise CheckpointError(
+            f"model {spec.name!r} is published as an open_clip folder (open_clip_config.json, weights, text "
+            f"tower files): pass that folder, e.g. a bundle from `clipmed models pull {spec.name} --to DIR`, not a file"
+        )
     import open_clip
 
     config = open_clip.get_model_config(spec.arch)
@@ -63,9 +77,12 @@ def build_module(spec: ModelSpec) -> torch.nn.Module:
     import open_clip
 
     config = dict(arch_config_of(spec))
+    custom_text = config.pop("custom_text", False) or config.get("text_cfg", {}).get("hf_model_name")
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(spec.seed)
-        if "custom_text" in config or config.get("text_cfg", {}).get("hf_model_name"):
+        if "multimodal_cfg" in config:
+            return open_clip.CoCa(**config)
+        if custom_text:
             return open_clip.CustomTextCLIP(**config)
         return open_clip.CLIP(**config)
 
@@ -73,11 +90,41 @@ def build_module(spec: ModelSpec) -> torch.nn.Module:
 def _make_tokenizer(spec: ModelSpec, module: torch.nn.Module) -> object:
     import open_clip
 
-    context = int(getattr(module, "context_length", 77))
+    context = int(arch_config_of(spec).get("text_cfg", {}).get("context_length") or getattr(module, "context_length", 77))
+    if spec.hf_tokenizer:  # a Hugging Face text tower: its tokenizer from the local folder, never the hub
+        from open_clip.tokenizer import HFTokenizer
+
+        from napari_clipmed.models.tokens import require_tokenizer_files
+
+        require_tokenizer_files(Path(spec.hf_tokenizer), what=f"model {spec.name!r}")
+        kwargs = arch_config_of(spec).get("text_cfg", {}).get("tokenizer_kwargs", {})
+        return HFTokenizer(spec.hf_tokenizer, context_length=context, local_files_only=True, **kwargs)
     try:
         return open_clip.get_tokenizer(spec.tokenizer_name, context_length=context)
     except Exception:  # noqa: BLE001 - an unknown or unreachable tokenizer: fall back to CLIP's BPE
         return open_clip.SimpleTokenizer(context_length=context)
+
+
+def _drop_stale_buffers(module: torch.nn.Module, state: dict[str, torch.Tensor]) -> None:
+    """Remove buffers older checkpoints saved that today's modules no longer keep (as open_clip does)."""
+    expected = module.state_dict()
+    for key in [k for k in state if k.endswith("embeddings.position_ids") and k not in expected]:
+        del state[key]
+
+
+def _load_with_backend(spec: ModelSpec, path: Path | None, device: str | torch.device | None,
+                       precision: Precision) -> ClipModel:
+    """A model built by a non-open_clip backend (`models.backends`), wrapped like any other."""
+    target = pick_device(device)
+    network = get_backend(spec.backend).load(spec, path, target)
+    return ClipModel(
+        spec=network.spec,
+        module=network.module.to(target).eval(),
+        tokenizer=network.tokenizer,
+        device=target,
+        precision=resolve_precision(target, precision),
+        weights_path=path,
+    )
 
 
 def load_model(
@@ -96,11 +143,18 @@ def load_model(
     """
     spec = get_spec(name)
     path = resolve_weights(spec, weights, weights_dir=weights_dir, allow_download=allow_download)
-    checkpoint = read_checkpoint(path) if path is not None else None
+    if path is not None and is_bundle(path):
+        spec = spec_for_bundle(spec, path)
+    if spec.backend != OPEN_CLIP:
+        return _load_with_backend(spec, path, device, precision)
+    if path is not None and is_open_clip_folder(path):
+        spec = spec_from_folder(spec, path)
+    checkpoint = read_checkpoint(path, trusted_pickle=spec.trusted_pickle) if path is not None else None
     if checkpoint is not None:
         spec = _spec_from_checkpoint(spec, checkpoint)
     module = build_module(spec)
     if checkpoint is not None:
+        _drop_stale_buffers(module, checkpoint.state_dict)
         check_compatible(module, checkpoint.state_dict, what=f"model {spec.name!r} (architecture {spec.arch})")
         module.load_state_dict(checkpoint.state_dict, strict=True)
     target = pick_device(device)

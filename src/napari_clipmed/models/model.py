@@ -50,13 +50,28 @@ class ClipModel:
 
     @property
     def embed_dim(self) -> int:
-        return int(self.module.text_projection.shape[1]) if hasattr(self.module, "text_projection") else int(
-            self.module.visual.output_dim
-        )
+        if isinstance(getattr(self.module, "embed_dim", None), int):  # a backend's network says it
+            return int(self.module.embed_dim)
+        if hasattr(self.module, "text_projection"):
+            return int(self.module.text_projection.shape[1])
+        towers = (getattr(self.module, "visual", None), getattr(self.module, "text", None))  # timm / HF towers
+        return next(int(t.output_dim) for t in towers if isinstance(getattr(t, "output_dim", None), int))
 
     @property
     def logit_scale(self) -> float:
-        return float(self.module.logit_scale.detach().exp().clamp(max=100.0).item())
+        scale = self.module.logit_scale.detach().exp().reshape(-1)[0]
+        return float(scale.clamp(max=100.0) if self.scoring == "softmax" else scale)
+
+    @property
+    def scoring(self) -> str:
+        """The model's own zero-shot rule: ``softmax`` over classes, or ``sigmoid`` per class (SigLIP)."""
+        return self.spec.scoring
+
+    @property
+    def logit_bias(self) -> float:
+        """The bias of sigmoid scoring (0 for models without one)."""
+        bias = getattr(self.module, "logit_bias", None)
+        return float(bias.detach().reshape(-1)[0]) if isinstance(bias, torch.Tensor) else 0.0
 
     @property
     def device_label(self) -> str:
@@ -88,7 +103,10 @@ class ClipModel:
     def signature(self) -> str:
         """What decides an image's embedding: model, weights, preprocessing, precision, encoder version."""
         spec = self.spec
-        parts = (spec.name, spec.arch, self.weights_hash, spec.image_size, spec.mean, spec.std, self.precision, ENCODER_VERSION)
+        parts: tuple = (spec.name, spec.arch, self.weights_hash, spec.image_size, spec.mean, spec.std, self.precision,
+                        ENCODER_VERSION)
+        if (spec.resize, spec.interpolation) != ("crop", "bicubic"):  # only then, so existing caches stay valid
+            parts += (spec.resize, spec.interpolation)
         return hashlib.blake2b(repr(parts).encode(), digest_size=16).hexdigest()
 
     def iter_encode_images(

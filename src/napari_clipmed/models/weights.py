@@ -2,7 +2,8 @@
 
 All of it happens in `resolve_weights`; when nothing is found it raises one
 `WeightsNotFoundError` that names the model, the file expected and the folder to put it in.
-Download errors are caught here, so no traceback from inside a download library reaches the user.
+Downloads make a bundle (`models.bundle.pull`) in the weights folder, which later loads offline;
+download errors are caught here, so no traceback from inside a download library reaches the user.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from napari_clipmed.errors import WeightsNotFoundError
+from napari_clipmed.errors import ClipmedError, GatedModelError, WeightsNotFoundError
 from napari_clipmed.models.registry import ModelSpec
 
 WEIGHTS_DIR_ENV = "CLIPMED_WEIGHTS_DIR"
@@ -37,6 +38,9 @@ def _explain(spec: ModelSpec, folder: Path, reason: str) -> str:
         where = f"put the checkpoint at {folder / spec.weights_file}"
         if spec.weights_format == "hf_clip":
             where += " (a Hugging Face CLIPModel folder with config.json and model.safetensors or pytorch_model.bin, or one of those files)"
+        elif not Path(spec.weights_file).suffix:
+            where = (f"put its bundle folder at {folder / spec.weights_file} (`clipmed models pull {spec.name} "
+                     f"--to {folder / spec.weights_file}` on a connected machine makes one)")
     else:
         where = "pass the checkpoint file explicitly (weights=PATH, or --weights PATH on the command line)"
     hub = f"; online it is downloaded from {spec.hub_id}" if spec.hub_id else ""
@@ -60,25 +64,18 @@ def _find_in_folder(spec: ModelSpec, folder: Path) -> Path | None:
 
 
 def _download(spec: ModelSpec, folder: Path) -> Path:
-    """Fetch `spec.hub_id` into `folder/spec.name`; any failure becomes a `WeightsNotFoundError`."""
-    assert spec.hub_id is not None
+    """Pull `spec` into a bundle at `folder/spec.name`; any failure becomes one `WeightsNotFoundError`."""
+    from napari_clipmed.models.bundle import pull
+
     target = folder / spec.name
-    kind, _, ident = spec.hub_id.partition(":")
     try:
-        if kind == "open_clip":
-            import open_clip
-
-            arch, _, tag = ident.partition(":")
-            cfg = open_clip.get_pretrained_cfg(arch, tag)
-            return Path(open_clip.download_pretrained(cfg, cache_dir=str(target)))
-        from huggingface_hub import snapshot_download
-
-        patterns = ["*.json", "*.safetensors", "*.bin", "*.txt", "*.model"]
-        path = snapshot_download(ident, local_dir=str(target), allow_patterns=patterns)
-        return Path(path)
-    except Exception as err:  # noqa: BLE001 - any download failure is reported the same way
-        reason = f"it is not in {folder} and downloading {spec.hub_id} failed ({type(err).__name__})"
+        pull(spec, target)
+    except GatedModelError:
+        raise
+    except ClipmedError as err:
+        reason = f"it is not in {folder} and downloading {spec.hub_id} failed ({err})"
         raise WeightsNotFoundError(_explain(spec, folder, reason)) from None
+    return target
 
 
 def resolve_weights(
