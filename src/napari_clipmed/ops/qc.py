@@ -204,3 +204,43 @@ def gate_images(images: Sequence[np.ndarray], gate: Gate | None = None, **kwargs
     from napari_clipmed.pathology.gate import load_gate
 
     return run(QcRequest(tuple(images), load_gate(gate), **kwargs)).verdict
+
+
+def mark_failing(kwargs: dict[str, Any], verdict: GateResult, skip_failing: bool = False) -> dict[str, Any]:
+    """Shapes-layer kwargs (one shape per tile, as the zero-shot layer's) with the gate shown on them.
+
+    Failing tiles get a red, dashed-looking thick outline and the measures, `quality_passed` and
+    `quality_reasons` join `features`. With `skip_failing` their `label` becomes "uncertain", their
+    fill is cleared and `abstain_reason` says why.
+    """
+    from napari_clipmed.calibration import UNCERTAIN
+
+    out = dict(kwargs)
+    features = out["features"].copy().reset_index(drop=True)
+    if len(features) != len(verdict):
+        raise InputError(f"{len(features)} shapes but a gate verdict on {len(verdict)} tiles")
+    measures = verdict.measures.to_frame()
+    for name in measures.columns:
+        features[f"quality_{name}"] = measures[name].to_numpy()
+    failed = ~verdict.passed
+    features["quality_passed"] = verdict.passed
+    features["quality_reasons"] = list(verdict.reasons)
+    edge = np.array(out.get("edge_color"), dtype=float, copy=True)
+    width = float(np.max(out.get("edge_width", 1.0)))
+    widths = np.where(failed, 3.0 * width, width)
+    if edge.ndim == 2 and len(edge) == len(features):
+        edge[failed] = (0.84, 0.15, 0.16, 1.0)  # FAIL_COLOUR
+        out["edge_color"] = edge
+    out["edge_width"] = widths.tolist()
+    if skip_failing and failed.any():
+        if "label" in features:
+            features["label"] = features["label"].astype(object)
+            features.loc[failed, "label"] = UNCERTAIN
+        features["abstain_reason"] = ["failed the quality gate: " + r if f else "" for r, f in zip(verdict.reasons, failed)]
+        face = out.get("face_color")
+        if face is not None and np.ndim(face) == 2:
+            face = np.array(face, dtype=float, copy=True)
+            face[failed, 3] = 0.0
+            out["face_color"] = face
+    out["features"] = features
+    return out
