@@ -16,7 +16,7 @@ from magicgui.widgets import CheckBox, ComboBox, RadioButtons, SpinBox, TextEdit
 from qtpy.QtWidgets import QLabel
 
 from napari_clipmed._widgets import _path_layers as pl
-from napari_clipmed._widgets._base import ClipmedWidget
+from napari_clipmed._widgets._base import ClipmedWidget, notify_info
 from napari_clipmed.errors import ClipmedError, InputError
 from napari_clipmed.progress import Progress
 from napari_clipmed.zeroshot import PromptSet, format_classes, list_presets, parse_classes
@@ -73,9 +73,14 @@ class ZeroShotLabelsWidget(ClipmedWidget):
         self.stride = SpinBox(label="stride (px)", value=224, min=8, max=8192)
         self.tissue_only = CheckBox(label="tissue tiles only", value=True)
         self.shapes_layer = self.layer_combo("rectangles", _is_shapes)
+        self.quality_gate = CheckBox(label="mark tiles failing the quality gate", value=True,
+                                     tooltip="focus, resolution, ink, exposure, saturation, tissue (docs/quality.md); "
+                                     "failing tiles get a thick red outline, their measures go in the features")
+        self.skip_failing = CheckBox(label="skip failing tiles", value=False,
+                                     tooltip="leave tiles that fail the gate unlabelled ('uncertain'), saying why")
         self.form.extend(
             [self.image_layer, self.preset, self.classes, self.templates, self.mode, self.tile_size, self.stride,
-             self.tissue_only, self.shapes_layer]
+             self.tissue_only, self.shapes_layer, self.quality_gate, self.skip_failing]
         )
         self.legend = QLabel("")
         self.legend.setWordWrap(True)
@@ -148,6 +153,8 @@ class ZeroShotLabelsWidget(ClipmedWidget):
                     raise InputError("add a Shapes layer and draw rectangles on the image, or run on tiles")
                 boxes = pl.shapes_to_boxes(shapes, source)
             tile, stride, tissue_only = int(self.tile_size.value), int(self.stride.value), bool(self.tissue_only.value)
+            use_gate = bool(self.quality_gate.value) or bool(self.skip_failing.value)
+            skip = bool(self.skip_failing.value)
         except ClipmedError as err:
             self.fail(str(err))
             return None
@@ -168,10 +175,19 @@ class ZeroShotLabelsWidget(ClipmedWidget):
                     )
             crops = pl.crop_boxes(source.pixels, found)
             result = yield from iter_classify_images(model, crops, classifier)
-            return found, result
+            verdict = None
+            if use_gate:
+                from napari_clipmed.ops.qc import gate_images
+
+                yield Progress(0, 1, "checking tile quality")
+                try:
+                    verdict = gate_images(crops)
+                except InputError as err:  # e.g. rectangles too small to measure: label them, say so
+                    verdict = str(err)
+            return found, result, verdict
 
         def show(outcome: tuple) -> None:
-            found, result = outcome
+            found, result, verdict = outcome
             what = f"{mode} {tile}px" if mode == TILES else mode
             data, kwargs = pl.zeroshot_shapes(
                 found,
@@ -189,6 +205,17 @@ class ZeroShotLabelsWidget(ClipmedWidget):
                     "stride": stride if mode == TILES else None,
                 },
             )
+            if isinstance(verdict, str):
+                notify_info(f"quality gate not applied: {verdict}")
+            elif verdict is not None:
+                from napari_clipmed.ops.qc import mark_failing
+
+                kwargs = mark_failing(kwargs, verdict, skip_failing=skip)
+                failed = int((~verdict.passed).sum())
+                if failed:
+                    notify_info(f"{failed} of {len(verdict)} tiles failed the quality gate"
+                                + (" and were left unlabelled ('uncertain')" if skip else " (red outline)")
+                                + "; see quality_reasons in the layer's features")
             self.viewer.add_shapes(data, **kwargs)
             self._update_legend()
 
