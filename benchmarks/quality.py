@@ -19,12 +19,12 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from encode import interleaved, tiles  # noqa: E402  (benchmarks/encode.py: the shared tiles and timing)
+from encode import interleaved, tiles
 
-from napari_clipmed.models.loader import load_model  # noqa: E402
-from napari_clipmed.models.registry import ModelSpec  # noqa: E402
-from napari_clipmed.pathology.gate import Gate  # noqa: E402
-from napari_clipmed.pathology.quality import measure  # noqa: E402
+from napari_clipmed.models.loader import load_model
+from napari_clipmed.models.registry import ModelSpec
+from napari_clipmed.pathology.gate import Gate
+from napari_clipmed.pathology.quality import measure
 
 
 def isa_flags() -> str:

@@ -161,7 +161,7 @@ def threshold_for_coverage(top_probability: np.ndarray, coverage: float) -> floa
         raise InputError(f"coverage is the share of tiles to keep, in (0, 1]; got {coverage!r}")
     if p.size == 0:
         raise InputError("no tiles to choose a threshold on")
-    keep = max(1, int(math.floor(coverage * p.size + 1e-9)))
+    keep = max(1, math.floor(coverage * p.size + 1e-9))
     if keep >= p.size:
         return float(p[-1])
     # keep tiles with p >= threshold: a threshold just above the first tile left out
@@ -190,14 +190,14 @@ def selective_accuracy(correct: np.ndarray, score: np.ndarray, coverage: float) 
     """Accuracy on the `coverage` share of tiles (at least one) with the highest score (stable order on ties)."""
     ok = np.asarray(correct, dtype=np.float64)
     order = np.argsort(-np.asarray(score, dtype=np.float64), kind="stable")
-    n = max(1, int(round(coverage * len(ok))))
+    n = max(1, round(coverage * len(ok)))
     return float(ok[order[:n]].mean())
 
 
 def selective_curve(correct: np.ndarray, score: np.ndarray, points: int = 20) -> list[tuple[float, float]]:
     """(coverage, accuracy) keeping the highest-scoring share of tiles, at `points` coverages up to 1."""
     n = len(correct)
-    return [(max(1, int(round(k / points * n))) / n, selective_accuracy(correct, score, k / points))
+    return [(max(1, round(k / points * n)) / n, selective_accuracy(correct, score, k / points))
             for k in range(1, points + 1)]
 
 

@@ -5,7 +5,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from napari_clipmed.calibration import calibrate_temperature, confidence, softmax, threshold_for_coverage
+from napari_clipmed.calibration import (
+    calibrate_temperature,
+    confidence,
+    softmax,
+    threshold_for_coverage,
+)
 from napari_clipmed.dapt.config import DaptConfig
 from napari_clipmed.dapt.train import train
 from napari_clipmed.metrics import expected_calibration_error

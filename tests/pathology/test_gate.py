@@ -7,8 +7,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from sklearn.metrics import roc_auc_score
 from skimage.color import rgb2hsv
+from sklearn.metrics import roc_auc_score
 
 from napari_clipmed.errors import InputError
 from napari_clipmed.pathology.corrupt import corrupt

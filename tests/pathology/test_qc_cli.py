@@ -58,7 +58,7 @@ def test_grayscale_and_16_bit_tiles_are_converted_and_said_so(he_tiles: np.ndarr
     folder = tmp_path / "mixed"
     folder.mkdir()
     Image.fromarray(he_tiles[3].mean(axis=2).astype(np.uint8)).save(folder / "grey.png")
-    Image.fromarray((he_tiles[4][..., 1].astype(np.uint16) * 257)).save(folder / "wide.png")
+    Image.fromarray(he_tiles[4][..., 1].astype(np.uint16) * 257).save(folder / "wide.png")
     assert main(["qc", str(folder), "--out", str(tmp_path / "o"), "--quiet"]) == 0
     out = capsys.readouterr().out
     assert "note: 2 grayscale tile(s) repeated to RGB as the encoder does" in out  # the 16-bit one is grey too

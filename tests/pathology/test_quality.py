@@ -11,8 +11,8 @@ from skimage.transform import downscale_local_mean
 
 from napari_clipmed.errors import InputError
 from napari_clipmed.pathology import quality as q
-from napari_clipmed.pathology.markup import ink_layer
 from napari_clipmed.pathology.corrupt import corrupt
+from napari_clipmed.pathology.markup import ink_layer
 from napari_clipmed.pathology.tiles import tile_image
 
 

@@ -139,7 +139,11 @@ class ZeroShotTrust:
     @classmethod
     def from_args(cls, args: argparse.Namespace, model: ClipModel, prompts: PromptSet,
                   printer: StderrProgress, cache: object = None) -> ZeroShotTrust:
-        from napari_clipmed.calibration import iter_calibrate_prompts, read_prompt_calibration, write_calibrated_prompts
+        from napari_clipmed.calibration import (
+            iter_calibrate_prompts,
+            read_prompt_calibration,
+            write_calibrated_prompts,
+        )
         from napari_clipmed.pathology.gate import load_gate
         from napari_clipmed.progress import run_generator
 
@@ -171,7 +175,11 @@ class ZeroShotTrust:
     def columns(self, probabilities: np.ndarray, classes: list[str], images: list[np.ndarray],
                 printer: StderrProgress) -> dict[str, object]:
         """`decision` (the class, or "uncertain") and `abstain_reason`; empty when no abstention was asked for."""
-        from napari_clipmed.calibration import abstain, confidence, threshold_for_coverage
+        from napari_clipmed.calibration import (
+            abstain,
+            confidence,
+            threshold_for_coverage,
+        )
         from napari_clipmed.ops.qc import QcRequest, iter_run
         from napari_clipmed.progress import run_generator
 

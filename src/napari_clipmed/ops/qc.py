@@ -141,7 +141,11 @@ def iter_read_source(
     least twice the tile size on each side) is cut with `tiles.tile_image` (tissue tiles only).
     """
     from napari_clipmed.datasets import load_images
-    from napari_clipmed.pathology.tiles import TIFF_SUFFIXES, read_slide_level, tile_image
+    from napari_clipmed.pathology.tiles import (
+        TIFF_SUFFIXES,
+        read_slide_level,
+        tile_image,
+    )
 
     path = Path(path)
     if not path.exists():

@@ -191,7 +191,7 @@ def measure_tensor(x: torch.Tensor) -> dict[str, torch.Tensor]:
     small = bin2(x)
     sat = hsv_saturation(small)
     small_gray = luminance(small)
-    frac = lambda mask: mask.to(x.dtype).mean(dim=tuple(range(1, mask.dim())))  # noqa: E731
+    frac = lambda mask: mask.to(x.dtype).mean(dim=tuple(range(1, mask.dim())))
     return {
         "focus": sharpness,
         "resolution": resolution,
