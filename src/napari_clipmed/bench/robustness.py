@@ -30,13 +30,13 @@ import numpy as np
 
 from napari_clipmed import __version__
 from napari_clipmed.bench import report
-from napari_clipmed.bench.trust import gate_verdict, trust_metrics
 from napari_clipmed.bench.tasks import (
     LoadedTiles,
     iter_load_tiles,
     tileset_prompts,
     zeroshot_scores,
 )
+from napari_clipmed.bench.trust import gate_verdict, trust_metrics
 from napari_clipmed.datasets import TileSet
 from napari_clipmed.errors import InputError
 from napari_clipmed.metrics import retrieval_metrics
