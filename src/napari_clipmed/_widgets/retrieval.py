@@ -200,11 +200,23 @@ class RetrievalWidget(ClipmedWidget):
             tiles = read_tiles(frame["path"].tolist())
             yield Progress(1, 1, "building the hit grid")
             grid, kwargs = hits_grid(tiles, frame)
-            return frame, grid, kwargs
+            verdict = None
+            if all(t is not None for t in tiles):  # the quality gate on the hits (docs/quality.md)
+                from napari_clipmed.ops.qc import gate_images
+
+                try:
+                    verdict = gate_images(tiles)
+                except InputError:  # tiles too small to measure: shown unmarked
+                    verdict = None
+            return frame, grid, kwargs, verdict
 
         def show(result: tuple) -> None:
-            frame, grid, kwargs = result
+            frame, grid, kwargs, verdict = result
             (grid, kwargs), (labels, label_kwargs) = placed_hit_layers(grid, kwargs, source)
+            if verdict is not None:
+                from napari_clipmed.ops.qc import mark_failing
+
+                label_kwargs = mark_failing(label_kwargs, verdict)
             self.viewer.add_image(grid, **kwargs)
             self.viewer.add_shapes(labels, **label_kwargs)
             self.hits = kwargs["metadata"]["hits"]

@@ -229,7 +229,12 @@ def mark_failing(kwargs: dict[str, Any], verdict: GateResult, skip_failing: bool
     failed = ~verdict.passed
     features["quality_passed"] = verdict.passed
     features["quality_reasons"] = list(verdict.reasons)
-    edge = np.array(out.get("edge_color"), dtype=float, copy=True)
+    edge_in = out.get("edge_color")
+    if isinstance(edge_in, str):  # one colour for all: one row per shape, so failing ones can differ
+        from matplotlib.colors import to_rgba
+
+        edge_in = np.tile(to_rgba(edge_in), (len(features), 1))
+    edge = np.array(edge_in, dtype=float, copy=True)
     width = float(np.max(out.get("edge_width", 1.0)))
     widths = np.where(failed, 3.0 * width, width)
     if edge.ndim == 2 and len(edge) == len(features):
