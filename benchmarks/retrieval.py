@@ -10,6 +10,13 @@ all N queries.
     python benchmarks/retrieval.py                 # 100k x 512, as in docs/robustness.md
     python benchmarks/retrieval.py --full          # ours on all 100k queries (several minutes)
     python benchmarks/retrieval.py --n 20000       # quicker
+
+Archive scale (`--approximate`): N x D embeddings with cluster structure (unit vectors around `--centres`
+random directions, like tiles of many slides of a few tissue types; not uniform noise), approximate (FAISS IVF)
+vs exact search in the same run: build time, median single-query latency, recall@10 against the exact top 10.
+
+    python benchmarks/retrieval.py --approximate                      # 1,000,000 x 512 (about 5 GB of memory)
+    python benchmarks/retrieval.py --approximate --n 50000 --quick    # smoke test
 """
 
 from __future__ import annotations
@@ -36,6 +43,55 @@ def _median_latency(fn, queries: np.ndarray) -> float:
     return statistics.median(times)
 
 
+def _isa_flags() -> str:
+    try:
+        with open("/proc/cpuinfo") as fh:
+            flags = next(line for line in fh if line.startswith("flags")).split(":")[1].split()
+    except (OSError, StopIteration):
+        return "unknown"
+    return " ".join(f for f in flags if f.startswith(("avx", "fma", "amx", "sse4")))
+
+
+def clustered(n: int, dim: int, centres: int, spread: float, seed: int) -> np.ndarray:
+    """Unit vectors around `centres` random directions; `spread` is the per-coordinate noise (float32, in blocks)."""
+    rng = np.random.default_rng(seed)
+    c = rng.standard_normal((centres, dim), dtype=np.float32)
+    c /= np.linalg.norm(c, axis=1, keepdims=True)
+    x = np.empty((n, dim), dtype=np.float32)
+    for s in range(0, n, 100_000):
+        m = min(100_000, n - s)
+        block = c[rng.integers(0, centres, m)] + (spread / np.sqrt(dim)) * rng.standard_normal((m, dim), dtype=np.float32)
+        x[s : s + m] = block / np.linalg.norm(block, axis=1, keepdims=True)
+    return x
+
+
+def approximate(args: argparse.Namespace) -> None:
+    x = clustered(args.n, args.dim, args.centres, args.spread, args.seed)
+    rng = np.random.default_rng(args.seed + 1)
+    rows = rng.choice(args.n, args.queries, replace=False)
+    print(f"{args.n} x {args.dim} float32 around {args.centres} centres (spread {args.spread}), k={args.k}, "
+          f"{args.queries} leave-one-out queries; cpus {os.cpu_count()}, torch threads {torch.get_num_threads()}; "
+          f"ISA: {_isa_flags()}")
+    index = EmbeddingIndex(x)
+    t0 = time.perf_counter()
+    exact = index.search(x[rows], args.k, query_rows=rows, backend="faiss" if not args.torch_exact else "torch")
+    t_exact_batch = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    index.build_ivf(nlist=args.nlist, nprobe=args.nprobe)
+    t_build = time.perf_counter() - t0
+    approx = index.search(x[rows], args.k, query_rows=rows, backend="ivf")
+    recall = np.mean([len(set(a) & set(e)) / args.k for a, e in zip(approx.indices, exact.indices)])
+    single = rows[: args.single]
+    lat_ivf = _median_latency(lambda q: index.search(q, args.k, backend="ivf"), x[single])
+    lat_exact = _median_latency(lambda q: index.search(q, args.k, backend="torch"), x[single[: args.exact_single]])
+    print(f"build: IVF {t_build:.1f} s ({approx.method}); exact needs none "
+          f"(a batch of {args.queries} exact queries took {t_exact_batch:.1f} s)")
+    print(f"recall@{args.k} of the approximate search vs exact: {recall:.4f} (target >= 0.99)")
+    print(f"median single-query latency: approximate {lat_ivf * 1e3:.2f} ms over {len(single)}, exact (torch) "
+          f"{lat_exact * 1e3:.1f} ms over {min(len(single), args.exact_single)} -> exact/approximate = "
+          f"{lat_exact / lat_ivf:.1f}x (target < 5 ms)")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--n", type=int, default=100_000, help="gallery size (all-pairs: also the query count)")
@@ -48,7 +104,22 @@ def main() -> None:
     ap.add_argument("--torch-subset", type=int, default=2048, help="queries timed for our torch backend (0: skip)")
     ap.add_argument("--full", action="store_true", help="run our all-pairs on all N queries")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--approximate", action="store_true", help="archive scale: IVF vs exact on clustered data")
+    ap.add_argument("--centres", type=int, default=None, help="--approximate: cluster centres (default N // 200)")
+    ap.add_argument("--spread", type=float, default=0.6, help="--approximate: noise norm relative to a centre")
+    ap.add_argument("--queries", type=int, default=1000, help="--approximate: queries for recall")
+    ap.add_argument("--exact-single", type=int, default=20, help="--approximate: single queries timed exactly")
+    ap.add_argument("--nlist", type=int, default=None, help="--approximate: IVF cells (default ~sqrt(N))")
+    ap.add_argument("--nprobe", type=int, default=None, help="--approximate: cells visited per query")
+    ap.add_argument("--torch-exact", action="store_true", help="--approximate: exact ground truth with torch")
+    ap.add_argument("--quick", action="store_true", help="small sizes for a smoke test")
     args = ap.parse_args()
+    if args.approximate:
+        if args.quick:
+            args.n, args.queries, args.single = min(args.n, 50_000), 200, 50
+        args.centres = args.centres or max(1, args.n // 200)
+        approximate(args)
+        return
 
     rng = np.random.default_rng(args.seed)
     x = rng.standard_normal((args.n, args.dim), dtype=np.float32)

@@ -74,6 +74,7 @@ class RobustnessConfig:
     # registry model loads that model from PATH; any other label loads PATH as a "local" model
     # (e.g. a DAPT result), so several checkpoints can be compared in one run.
     weights: dict[str, Path] = field(default_factory=dict)
+    store_dir: Path | None = None  # a shared embedding store (`clipmed embed`) used instead of the cache
     gate: Path | None = None  # quality gate JSON for the gate metrics; None: the shipped gate
 
     def resolved(self) -> RobustnessConfig:
@@ -115,7 +116,7 @@ class RobustnessConfig:
         return RobustnessConfig(
             models, corr, sev, ks, self.preset, tuple(self.templates) if self.templates else None, int(self.seed),
             self.batch_size, Path(self.out_dir), self.weights_dir, self.cache_dir, self.use_cache, self.device,
-            weights, self.gate,
+            weights, store_dir=self.store_dir, gate=self.gate,
         )
 
     def to_dict(self) -> dict[str, object]:
@@ -321,6 +322,10 @@ def iter_run_robustness(tileset: TileSet, config: RobustnessConfig) -> ProgressG
         )
 
     cache = EmbeddingCache(cfg.cache_dir) if cfg.use_cache else None
+    if cfg.store_dir is not None:
+        from napari_clipmed.models.store import EmbeddingStore
+
+        cache = EmbeddingStore(cfg.store_dir)
     old_ids = previous.get("models", {})
     finished = {k: v for k, v in _complete_conditions(rows, expected).items()
                 if k[0] in identities and old_ids.get(k[0]) == identities[k[0]]}

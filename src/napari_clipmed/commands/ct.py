@@ -109,14 +109,17 @@ def _ct_eval(args: argparse.Namespace) -> int:
     cfg = config_from_args(args)
     positive = args.positive or next(iter(cfg.class_prompts))
     read_cohort(args.cohort, [positive, *[c for c in cfg.class_prompts if c != positive]])  # check before loading
-    model = model_from_args(args)
-    printer = StderrProgress(args.quiet)
-    case_dir = Path(args.out) / "cases" if args.save_montages else None
-    try:
-        result = run_generator(iter_evaluate_cohort(args.cohort, model, cfg, positive, args.bootstrap, args.seed,
-                                                    case_dir=case_dir), printer)
-    finally:
-        printer.close()
+    if args.cluster:
+        result = _ct_eval_distributed(args, cfg, positive)
+    else:
+        model = model_from_args(args)
+        printer = StderrProgress(args.quiet)
+        case_dir = Path(args.out) / "cases" if args.save_montages else None
+        try:
+            result = run_generator(iter_evaluate_cohort(args.cohort, model, cfg, positive, args.bootstrap, args.seed,
+                                                        case_dir=case_dir), printer)
+        finally:
+            printer.close()
     files = result.save(args.out)
     m = result.metrics()
     print(f"{m['n_scored']} of {m['n_cases']} cases scored ({m['n_positive']} {positive}); "
@@ -126,6 +129,26 @@ def _ct_eval(args: argparse.Namespace) -> int:
             print(f"  failed {row['case']}: {row['error']}", file=sys.stderr)
     print(f"wrote {', '.join(p.name for p in files.values())} to {args.out}")
     return 0
+
+
+def _ct_eval_distributed(args: argparse.Namespace, cfg, positive: str):  # -> CohortResult
+    """One Dask task per case; per-case outputs in OUT/items/<case>/ (montages there with --save-montages)."""
+    from napari_clipmed.commands._cluster import ItemBar, model_ref_from_args
+    from napari_clipmed.ct.cohort import iter_evaluate_cohort
+    from napari_clipmed.distributed import ClusterSpec, cluster_client, require_distributed
+    from napari_clipmed.progress import run_generator
+
+    ClusterSpec.parse(args.cluster)  # a bad spec or a missing Dask fails before anything starts
+    require_distributed()
+    ref = model_ref_from_args(args)
+    with cluster_client(args.cluster, torch_threads=args.torch_threads) as client:
+        bar = ItemBar(args.quiet, unit="case")
+        try:
+            return run_generator(iter_evaluate_cohort(args.cohort, ref, cfg, positive, args.bootstrap, args.seed,
+                                                      case_dir=Path(args.out) if args.save_montages else None,
+                                                      client=client, work_dir=Path(args.out)), bar)
+        finally:
+            bar.close()
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -151,4 +174,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0, help="bootstrap seed (default 0)")
     p.add_argument("--save-montages", action="store_true", help="also save each case's montage outputs under OUT/cases/")
     _add_pipeline_options(p)
+    from napari_clipmed.commands._cluster import add_cluster_arguments
+
+    add_cluster_arguments(p)
     p.set_defaults(func=_ct_eval)

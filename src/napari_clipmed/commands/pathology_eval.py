@@ -35,6 +35,7 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", help="cpu, cuda, mps (default: best available)")
     p.add_argument("--cache-dir", type=Path, help="embedding cache folder (default: the user cache)")
     p.add_argument("--no-cache", action="store_true", help="do not read or write cached embeddings")
+    p.add_argument("--store", type=Path, help="a shared embedding store (`clipmed embed`) instead of the local cache")
     p.add_argument("--quiet", action="store_true", help="no progress output")
 
 
@@ -92,7 +93,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def _cache(args: argparse.Namespace):
     from napari_clipmed.models.cache import EmbeddingCache
+    from napari_clipmed.models.store import EmbeddingStore
 
+    if args.store:
+        return EmbeddingStore(args.store)
     return None if args.no_cache else EmbeddingCache(args.cache_dir)
 
 
@@ -108,7 +112,7 @@ def _run_robustness(args: argparse.Namespace) -> int:
         models=tuple(args.models), corruptions=tuple(args.corruptions), severities=tuple(args.severities),
         ks=tuple(args.k), preset=args.preset, templates=_templates(args.templates), seed=args.seed,
         batch_size=args.batch_size, out_dir=args.out, weights_dir=args.weights_dir, cache_dir=args.cache_dir,
-        use_cache=not args.no_cache, device=args.device, gate=args.gate,
+        use_cache=not args.no_cache, device=args.device, store_dir=args.store, gate=args.gate,
     )
     printer = StderrProgress(args.quiet)
     try:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -26,6 +27,7 @@ from napari_clipmed.io.atomic import atomic_write
 from napari_clipmed.progress import Progress, ProgressGenerator, run_generator
 
 if TYPE_CHECKING:
+    from napari_clipmed.distributed import ModelRef
     from napari_clipmed.models.model import ClipModel
 
 POSITIVE = {"1", "yes", "true", "positive", "pos"}
@@ -142,18 +144,25 @@ def _parse_label(raw: str, names: dict[str, int]) -> int | None:
 
 def iter_evaluate_cohort(
     csv_path: str | Path,
-    model: ClipModel,
+    model: ClipModel | ModelRef,
     config: CTMontageConfig | None = None,
     positive_class: str | None = None,
     n_bootstrap: int = 1000,
     seed: int = 0,
     ci_level: float = 0.95,
     case_dir: str | Path | None = None,
+    *,
+    client: object | None = None,
+    work_dir: str | Path | None = None,
 ) -> ProgressGenerator[CohortResult]:
     """Score every case (yields Progress), then AUROC of P(`positive_class`) with a seeded bootstrap CI.
 
     `positive_class` defaults to the first montage class (e.g. "ILD"). With `case_dir`, each
     case's montage outputs are saved in a subfolder named after the case.
+
+    With a Dask `client` (or a `work_dir`), each case is one item of `distributed.iter_run_items`: its row
+    (and montage, when `case_dir` is given) lands in ``work_dir/items/<case>/`` as it finishes, and a rerun
+    resumes. `model` may then be a `ModelRef`; workers load it once each.
     """
     from napari_clipmed.metrics import bootstrap_ci, roc_auc
 
@@ -163,36 +172,18 @@ def iter_evaluate_cohort(
     if positive not in classes:
         raise InputError(f"positive class {positive!r} is not one of the montage classes {classes}")
     cases = read_cohort(csv_path, [positive] + [c for c in classes if c != positive])
-    total = 100 * len(cases)
-    rows = []
-    for i, case in enumerate(cases):
-        name = case.path.name.split(".")[0] or f"case{i}"
-        yield Progress(100 * i, total, f"case {i + 1} of {len(cases)}: {name}")
-        row = {"case": name, "path": str(case.path), "label": case.label, "raw_label": case.raw_label,
-               "score": float("nan"), "prediction": "", "n_patches": 0, "lung_volume_ml": float("nan"),
-               "warnings": "", "error": ""}
-        try:
-            with warnings.catch_warnings(record=True) as caught:
-                warnings.simplefilter("always")
-                volume = read_ct(case.path)
-            gen = iter_run_ct_montage(volume, model, cfg)
-            while True:
-                try:
-                    step = next(gen)
-                except StopIteration as stop:
-                    result = stop.value
-                    break
-                yield Progress(100 * i + int(99 * step.fraction), total, f"case {i + 1} of {len(cases)}: {step.message}")
-        except InputError as err:
-            row["error"] = str(err)
+    if client is not None or work_dir is not None:
+        rows, identity = yield from _iter_cases_as_items(cases, model, cfg, positive, case_dir is not None, client,
+                                                         work_dir)
+    else:
+        identity = model.identity  # type: ignore[union-attr]
+        rows = []
+        for i, case in enumerate(cases):
+            row, result = yield from _iter_case(i, case, len(cases), model, cfg, positive)
+            if case_dir is not None and result is not None:
+                result.save(Path(case_dir) / case_key(i, case))
             rows.append(row)
-            continue
-        row.update(score=result.probabilities[positive], prediction=result.prediction, n_patches=len(result.patches),
-                   lung_volume_ml=round(result.lung_volume_ml, 1), warnings="; ".join(str(w.message) for w in caught))
-        row.update({f"p_{c}": p for c, p in result.probabilities.items()})
-        if case_dir is not None:
-            result.save(Path(case_dir) / f"{i:03d}_{name}")
-        rows.append(row)
+    total = 100 * len(cases)
     scored = [r for r in rows if not r["error"]]
     y = np.array([r["label"] for r in scored])
     s = np.array([r["score"] for r in scored])
@@ -203,10 +194,88 @@ def iter_evaluate_cohort(
     fpr, tpr = roc_curve(y, s)
     yield Progress(total, total, "done")
     return CohortResult(positive, rows, ci.estimate, ci.low, ci.high, ci_level, n_bootstrap, seed, fpr, tpr, cfg,
-                        model.identity)
+                        identity)
 
 
-def evaluate_cohort(csv_path: str | Path, model: ClipModel, config: CTMontageConfig | None = None,
+def case_key(i: int, case: CohortCase) -> str:
+    """The case's name in tables and folders: index and file name (``003_case3``)."""
+    return f"{i:03d}_" + re.sub(r"[^A-Za-z0-9_.=+-]", "_", _case_name(i, case))
+
+
+def _case_name(i: int, case: CohortCase) -> str:
+    return case.path.name.split(".")[0] or f"case{i}"
+
+
+def _empty_row(i: int, case: CohortCase, error: str = "") -> dict:
+    return {"case": _case_name(i, case), "path": str(case.path), "label": case.label, "raw_label": case.raw_label,
+            "score": float("nan"), "prediction": "", "n_patches": 0, "lung_volume_ml": float("nan"),
+            "warnings": "", "error": error}
+
+
+def _iter_case(i: int, case: CohortCase, n: int, model: object, cfg: CTMontageConfig,
+               positive: str) -> ProgressGenerator[tuple[dict, object]]:
+    """One case's row (and montage result, None when the case cannot be read), yielding progress in 100ths."""
+    yield Progress(100 * i, 100 * n, f"case {i + 1} of {n}: {_case_name(i, case)}")
+    row = _empty_row(i, case)
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            volume = read_ct(case.path)
+        gen = iter_run_ct_montage(volume, model, cfg)
+        while True:
+            try:
+                step = next(gen)
+            except StopIteration as stop:
+                result = stop.value
+                break
+            yield Progress(100 * i + int(99 * step.fraction), 100 * n, f"case {i + 1} of {n}: {step.message}")
+    except InputError as err:
+        row["error"] = str(err)
+        return row, None
+    row.update(score=result.probabilities[positive], prediction=result.prediction, n_patches=len(result.patches),
+               lung_volume_ml=round(result.lung_volume_ml, 1), warnings="; ".join(str(w.message) for w in caught))
+    row.update({f"p_{c}": p for c, p in result.probabilities.items()})
+    return row, result
+
+
+def score_case(payload: tuple, model: object) -> dict[str, object]:
+    """The per-item function of a distributed cohort: payload (index, case, n, config, positive, save montage)."""
+    import pandas as pd
+
+    i, case, n, cfg, positive, save_montage = payload
+    row, result = run_generator(_iter_case(i, case, n, model, cfg, positive))
+    outputs: dict[str, object] = {"case": pd.DataFrame([row]), "model": model.identity}  # type: ignore[attr-defined]
+    if save_montage and result is not None:
+        outputs["montage"] = result
+    return outputs
+
+
+def _iter_cases_as_items(cases: list[CohortCase], model: object, cfg: CTMontageConfig, positive: str,
+                         save_montage: bool, client: object | None,
+                         work_dir: str | Path | None) -> ProgressGenerator[tuple[list[dict], str]]:
+    """Every case as one item (in-process or on the cluster): rows in case order (failures as error rows) and
+    the model identity the workers report."""
+    import hashlib
+
+    from napari_clipmed.distributed import Item, ModelRef, iter_run_items
+
+    if work_dir is None:
+        raise InputError("a distributed cohort run needs a work folder for its per-case outputs")
+    identity = model.cache_key() if isinstance(model, ModelRef) else model.identity  # type: ignore[attr-defined]
+    fingerprint = hashlib.blake2b(repr((identity, cfg.to_dict(), positive)).encode(), digest_size=12).hexdigest()
+    items = [Item(case_key(i, c), (i, c, len(cases), cfg, positive, save_montage)) for i, c in enumerate(cases)]
+    run = yield from iter_run_items(score_case, items, work_dir, model=model, client=client,  # type: ignore[arg-type]
+                                    message="cases", fingerprint=fingerprint)
+    errors = {f.key: f.error for f in run.failed}
+    table = run.read_table("case")
+    by_key = {r.pop("item"): r for r in table.to_dict("records")}
+    rows = [by_key[item.key] if item.key in by_key else _empty_row(i, case, errors.get(item.key, "not run"))
+            for i, (item, case) in enumerate(zip(items, cases))]
+    identities = {(run.item_dir(k) / "model").read_text(encoding="utf-8") for k in run.finished}
+    return rows, identities.pop() if len(identities) == 1 else ", ".join(sorted(identities))
+
+
+def evaluate_cohort(csv_path: str | Path, model: ClipModel | ModelRef, config: CTMontageConfig | None = None,
                     **kwargs: object) -> CohortResult:
     """Plain-call twin of `iter_evaluate_cohort`."""
     return run_generator(iter_evaluate_cohort(csv_path, model, config, **kwargs))  # type: ignore[arg-type]
