@@ -107,3 +107,20 @@ def test_qc_result_layer_outlines_tiles_by_verdict(svs_level0: np.ndarray) -> No
     assert set(colours[result.verdict.passed]) <= {"#2ca02c"} and set(colours[~result.verdict.passed]) <= {"#d62728"}
     assert list(kwargs["features"]["passed"]) == list(result.verdict.passed)
     np.testing.assert_array_equal(boxes[1][0], tiles.coords[1])
+
+
+def test_mark_failing_outlines_and_skips_on_plain_layer_kwargs(he_tiles: np.ndarray) -> None:
+    import pandas as pd
+
+    from napari_clipmed.ops.qc import gate_images, mark_failing
+
+    tiles = [he_tiles[3], corrupt(he_tiles[4], "blur", 4)]
+    verdict = gate_images(tiles)
+    assert list(verdict.passed) == [True, False]
+    kwargs = {"features": pd.DataFrame({"label": ["tumour", "stroma"]}), "edge_color": "#56B4E9", "edge_width": 2.0,
+              "face_color": np.ones((2, 4)) * 0.5}
+    marked = mark_failing(kwargs, verdict, skip_failing=True)
+    assert list(marked["features"]["label"]) == ["tumour", "uncertain"]
+    assert marked["features"]["abstain_reason"][1].startswith("failed the quality gate: focus")
+    assert marked["edge_width"] == [2.0, 6.0] and marked["face_color"][1, 3] == 0.0
+    assert kwargs["features"]["label"][1] == "stroma"  # the input kwargs are not changed
