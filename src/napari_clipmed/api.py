@@ -30,10 +30,11 @@ if TYPE_CHECKING:
 
     from napari_clipmed.ct.pipeline import CTMontageResult
     from napari_clipmed.models.model import ClipModel
+    from napari_clipmed.ops.qc import QcResult
     from napari_clipmed.retrieval import EmbeddingIndex
     from napari_clipmed.zeroshot import ZeroShotResult
 
-__all__ = ["load_model", "current_model", "ct_montage", "corrupt_layer", "zeroshot_labels", "retrieve"]
+__all__ = ["load_model", "current_model", "ct_montage", "corrupt_layer", "zeroshot_labels", "retrieve", "quality_gate"]
 
 
 def load_model(viewer: napari.Viewer, name: str, weights: str | os.PathLike[str] | None = None) -> ClipModel:
@@ -178,3 +179,33 @@ def retrieve(
     viewer.add_image(grid, **kwargs)
     viewer.add_shapes(labels, **label_kwargs)
     return frame
+
+
+def quality_gate(
+    viewer: napari.Viewer,
+    layer: Any,
+    *,
+    tile_size: int = 224,
+    stride: int | None = None,
+    tissue_only: bool = False,
+    gate: Any = None,
+) -> QcResult:
+    """Check the tiles of a 2-D image layer against a quality gate (the shipped one by default).
+
+    Adds a Shapes layer of the tiles outlined green (passed) or red (failed), with the measures,
+    `passed` and `reasons` in its features; returns the `ops.qc.QcResult` (docs/quality.md).
+    """
+    from napari_clipmed._widgets import _path_layers as pl
+    from napari_clipmed._widgets.zeroshot_labels import image_tiles
+    from napari_clipmed.ops.qc import QcRequest, run
+    from napari_clipmed.pathology.gate import load_gate
+
+    source = pl.image_source(_layer(viewer, layer))
+    boxes = image_tiles(source.pixels, int(tile_size), int(stride or tile_size), tissue_only)
+    if len(boxes) == 0:
+        raise InputError(f"no {tile_size} x {tile_size} tile fits in '{source.name}'; lower the tile size")
+    result = run(QcRequest(tuple(pl.crop_boxes(source.pixels, boxes)), load_gate(gate),
+                           coords=np.asarray(boxes)[:, :2], tile_size=int(tile_size)))
+    for data, kwargs, kind in result.to_layer_data(source.geometry):
+        getattr(viewer, f"add_{kind}")(data, **{**kwargs, "name": f"{source.name} quality [{tile_size}px]"})
+    return result
