@@ -265,6 +265,9 @@ def iter_calibrate_prompts(
     labels = columns[tiles.tileset.labels]
     check_labelled(labels, prompts.class_names, min_per_class)
     classifier = ZeroShotClassifier.from_prompts(model, prompts)
+    if getattr(classifier, "scoring", "softmax") != "softmax":
+        raise InputError(f"temperature scaling is fitted on a softmax over the classes; {model.identity} scores each "
+                         "class with its own sigmoid, so it cannot be calibrated this way")
     emb = yield from model.iter_encode_images(tiles.images, batch_size=batch_size, cache=cache)
     logits = classifier.logits(emb)
     result = calibrate_temperature(logits, labels, prompts.class_names, seed=seed, min_per_class=min_per_class)
