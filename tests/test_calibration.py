@@ -44,7 +44,7 @@ def test_threshold_for_coverage_keeps_the_share_asked_for() -> None:
 def test_abstain_says_why() -> None:
     labels, why = cal.abstain(["a", "b", "a"], np.array([0.9, 0.4, 0.95]), 0.5, np.array([True, True, False]))
     assert labels == ["a", cal.UNCERTAIN, cal.UNCERTAIN]
-    assert why[0] == "" and "0.400 < 0.500" in why[1] and "quality gate" in why[2]
+    assert why[0] == "" and "0.4000 < 0.5000" in why[1] and "quality gate" in why[2]
 
 
 def test_calibration_refuses_one_class_and_too_few_tiles_per_class() -> None:

@@ -164,8 +164,11 @@ def threshold_for_coverage(top_probability: np.ndarray, coverage: float) -> floa
     keep = max(1, math.floor(coverage * p.size + 1e-9))
     if keep >= p.size:
         return float(p[-1])
-    # keep tiles with p >= threshold: a threshold just above the first tile left out
-    return float(np.nextafter(p[keep], np.inf)) if p[keep] < p[keep - 1] else float(np.nextafter(p[keep - 1], np.inf))
+    # keep tiles with p >= threshold: halfway between the first tile left out and the next higher value
+    higher = p[:keep][p[:keep] > p[keep]]
+    if higher.size == 0:  # all tied with the first left out: none can be kept without keeping more
+        return float(np.nextafter(p[keep], np.inf))
+    return float((higher[-1] + p[keep]) / 2.0)
 
 
 def abstain(
@@ -180,7 +183,7 @@ def abstain(
         if gate_passed is not None and not bool(gate_passed[i]):
             reasons.append("failed the quality gate")
         if p[i] < threshold:
-            reasons.append(f"top probability {p[i]:.3f} < {threshold:.3f}")
+            reasons.append(f"top probability {p[i]:.4f} < {threshold:.4f}")
         labels.append(UNCERTAIN if reasons else str(label))
         why.append("; ".join(reasons))
     return labels, why

@@ -124,3 +124,15 @@ def test_mark_failing_outlines_and_skips_on_plain_layer_kwargs(he_tiles: np.ndar
     assert marked["features"]["abstain_reason"][1].startswith("failed the quality gate: focus")
     assert marked["edge_width"] == [2.0, 6.0] and marked["face_color"][1, 3] == 0.0
     assert kwargs["features"]["label"][1] == "stroma"  # the input kwargs are not changed
+
+
+def test_zeroshot_leaves_tiles_failing_the_gate_uncertain(tile_dir: Path, tmp_path: Path) -> None:
+    out = tmp_path / "preds.csv"
+    assert main(["zeroshot", "--data", str(tile_dir), "--model", "tiny-random", "--classes", "tumour,stroma",
+                 "--gate", "default", "--out", str(out), "--quiet", "--no-cache"]) == 0
+    frame = pd.read_csv(out, keep_default_na=False).set_index(pd.read_csv(out)["path"].map(lambda p: Path(p).stem))
+    assert frame.loc["blurred", "decision"] == "uncertain"
+    assert frame.loc["blurred", "abstain_reason"] == "failed the quality gate"
+    assert frame.loc["blurred", "quality_reasons"].startswith("focus")
+    clean = frame.drop(index="blurred")
+    assert (clean["decision"] == clean["predicted"]).all() and clean["quality_passed"].all()
