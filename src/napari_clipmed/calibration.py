@@ -19,7 +19,7 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -28,6 +28,7 @@ from napari_clipmed.metrics import expected_calibration_error
 from napari_clipmed.progress import ProgressGenerator
 
 if TYPE_CHECKING:
+    from napari_clipmed.models.cache import EmbeddingCache
     from napari_clipmed.models.model import ClipModel
     from napari_clipmed.zeroshot import PromptSet
 
@@ -224,7 +225,7 @@ def write_calibrated_prompts(path: str | os.PathLike[str], prompts: PromptSet, m
     return atomic_write(path, yaml.safe_dump(doc, sort_keys=False, allow_unicode=True))
 
 
-def read_prompt_calibration(source: object, model_identity: str | None = None) -> dict[str, object] | None:
+def read_prompt_calibration(source: object, model_identity: str | None = None) -> dict[str, Any] | None:
     """The `calibration:` block of a prompt file (None for anything else); refuses another model's block."""
     import yaml
 
@@ -247,7 +248,7 @@ def read_prompt_calibration(source: object, model_identity: str | None = None) -
 
 def iter_calibrate_prompts(
     model: ClipModel, prompts: PromptSet, labelled: object, *, seed: int = 0, coverage: float | None = None,
-    batch_size: int = 64, cache: object = None, min_per_class: int = MIN_PER_CLASS,
+    batch_size: int = 64, cache: EmbeddingCache | None = None, min_per_class: int = MIN_PER_CLASS,
 ) -> ProgressGenerator[tuple[TemperatureCalibration, float | None]]:
     """Fit the temperature of `prompts` with `model` on a labelled tile folder or manifest.
 

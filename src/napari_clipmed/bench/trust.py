@@ -10,9 +10,15 @@ Per model x corruption x severity (rows of the tidy results table):
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import TYPE_CHECKING
+
 import numpy as np
 
 from napari_clipmed.calibration import confidence, selective_accuracy
+
+if TYPE_CHECKING:
+    from napari_clipmed.pathology.gate import Gate
 
 COVERAGES: tuple[int, ...] = (20, 40, 60, 80, 100)  # percent of tiles kept
 
@@ -33,7 +39,7 @@ def trust_metrics(y_true: np.ndarray, probabilities: np.ndarray, gate_passed: np
     return values
 
 
-def gate_verdict(images: list[np.ndarray], gate: object) -> np.ndarray:
+def gate_verdict(images: list[np.ndarray], gate: Gate | str | Path | None) -> np.ndarray:
     """(N,) bool: tiles passing `gate` (a Gate, a JSON path, or None for the shipped gate)."""
     from napari_clipmed.ops.qc import gate_images
 

@@ -13,6 +13,7 @@ from napari_clipmed.commands._progress import StderrProgress
 from napari_clipmed.errors import InputError
 
 if TYPE_CHECKING:
+    from napari_clipmed.models.cache import EmbeddingCache
     from napari_clipmed.models.model import ClipModel
     from napari_clipmed.pathology.gate import Gate
     from napari_clipmed.zeroshot import PromptSet
@@ -64,14 +65,13 @@ def _qc_calibrate(args: argparse.Namespace) -> int:
     finally:
         printer.close()
     result.gate.save(args.out)
-    info = result.gate.info
     if skipped:
         print(f"skipped {len(skipped)} unreadable images")
     print(result.to_frame().to_string(index=False))
-    achieved = ", ".join(f"{k} {v:.3f}" for k, v in info["sensitivity_achieved"].items())
+    achieved = ", ".join(f"{k} {v:.3f}" for k, v in result.sensitivity.items())
     print(f"sensitivity at severity >= 2: {achieved} (target {args.sensitivity}); clean tiles flagged: "
           f"{result.false_flag:.3f} (at most {args.max_false_flag})")
-    if min(info["sensitivity_achieved"].values()) < args.sensitivity:
+    if min(result.sensitivity.values()) < args.sensitivity:
         print("warning: the target sensitivity is not reached within the false-flag budget on these tiles")
     print(f"wrote {args.out}")
     return 0
@@ -138,7 +138,7 @@ class ZeroShotTrust:
 
     @classmethod
     def from_args(cls, args: argparse.Namespace, model: ClipModel, prompts: PromptSet,
-                  printer: StderrProgress, cache: object = None) -> ZeroShotTrust:
+                  printer: StderrProgress, cache: EmbeddingCache | None = None) -> ZeroShotTrust:
         from napari_clipmed.calibration import (
             iter_calibrate_prompts,
             read_prompt_calibration,

@@ -203,7 +203,7 @@ def request_from_path(path: str | Path, gate: Gate, *, tile_size: int = 224, lev
                      skipped=tuple(skipped), **kwargs)
 
 
-def gate_images(images: Sequence[np.ndarray], gate: Gate | None = None, **kwargs: Any) -> GateResult:
+def gate_images(images: Sequence[np.ndarray], gate: Gate | str | Path | None = None, **kwargs: Any) -> GateResult:
     """The gate's verdict on arrays (the default gate when none is given); for other operations."""
     from napari_clipmed.pathology.gate import load_gate
 

@@ -41,6 +41,11 @@ class GateCalibration:
     auroc: dict[str, float]  # corruption -> AUROC (severity >= 2 vs clean) of its assigned bound
     clean: QualityMeasures
 
+    @property
+    def sensitivity(self) -> dict[str, float]:
+        """Per corruption, the share of its severity >= `MIN_SEVERITY` tiles flagged."""
+        return {c: float(np.mean([v for s, v in d.items() if s >= MIN_SEVERITY])) for c, d in self.detection.items()}
+
     def to_frame(self):  # -> pandas.DataFrame
         """One row per corruption and severity (0 = clean): share flagged."""
         import pandas as pd
