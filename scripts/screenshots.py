@@ -109,6 +109,25 @@ def drive_retrieval(viewer: Any, widget: Any) -> None:
     viewer.reset_view()
 
 
+def drive_slide(viewer: Any, widget: Any) -> None:
+    """The zero-shot widget on a whole slide (the real SVS with green ink): tissue layer and a heat map."""
+    from napari_clipmed.io.slide import open_slide
+    from napari_clipmed.pathology.tissue import detect_tissue
+
+    svs = Path(__file__).resolve().parents[2] / "shared" / "data" / "pathology" / "cmu_small_region.svs"
+    (layer,) = viewer.open(str(svs), plugin="napari-clipmed")
+    with open_slide(svs) as slide:
+        labels, kwargs, _ = detect_tissue(slide).to_layer_data(slide.mpp, name="tissue (2 = ink)")
+    viewer.add_labels(labels, **kwargs, visible=False)
+    widget.image_layer.value = layer
+    widget.preset.value = "custom"
+    widget.classes.value = "epidermis\ndermis\ninflammation"
+    widget.tile_size.value = 224
+    widget.run()
+    wait_idle(widget)
+    viewer.reset_view()
+
+
 def _save_small_png(rgba: np.ndarray, path: Path, max_bytes: int = 400_000) -> None:
     """A PNG of the window, written atomically; a 256-colour one when full colour would exceed `max_bytes`."""
     import io
@@ -132,6 +151,7 @@ DRIVERS: dict[str, tuple[str, Callable[[Any, Any], None]]] = {
     "corruption_explorer": ("Pathology: corruption explorer", drive_corruption),
     "zeroshot_labels": ("Zero-shot labels", drive_zeroshot),
     "retrieval": ("Retrieval", drive_retrieval),
+    "slide_heatmap": ("Zero-shot labels", drive_slide),
 }
 
 

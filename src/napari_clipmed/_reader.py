@@ -2,8 +2,8 @@
 
 CT volumes become an Image layer in Hounsfield units with `scale` = voxel spacing (z, y, x, mm) and
 `translate` = the file's origin, so distances measured in napari are millimetres and patch sizes in mm
-mean what they say. Slides become an RGB Image layer of level 0, or of the first pyramid level that
-is at most `MAX_SLIDE_SIDE` pixels on a side (its `scale` keeps level-0 pixel coordinates).
+mean what they say. Slides (SVS, TIFF, OME-TIFF, NDPI, MRXS, DICOM WSI) become a multiscale RGB Image
+layer of lazy levels (`io.slide`) whose `scale` is the slide's µm per pixel.
 `get_reader` returns None for paths it does not handle, so other readers get their turn.
 """
 
@@ -21,8 +21,8 @@ ReaderFunction = Callable[[Any], list[LayerData]]
 
 CT_SUFFIXES: tuple[str, ...] = (".nii", ".nii.gz", ".nrrd", ".mha", ".mhd")
 SLIDE_SUFFIXES: tuple[str, ...] = (".svs", ".tif", ".tiff")
+VENDOR_SUFFIXES: tuple[str, ...] = (".svs", ".ndpi", ".mrxs", ".scn", ".bif", ".vms", ".svslide")
 LUNG_WINDOW: tuple[float, float] = (-1350.0, 150.0)  # level -600 HU, width 1500 HU
-MAX_SLIDE_SIDE = 8192
 
 
 def _suffix(path: Path) -> str:
@@ -44,6 +44,8 @@ def get_reader(path: str | os.PathLike[str] | list[str]) -> ReaderFunction | Non
         return read_ct_file
     if suffix == ".dcm" or (p.is_file() and _is_dicom(p)):
         return read_dicom_file
+    if suffix in VENDOR_SUFFIXES:
+        return read_slide  # a damaged vendor file gets our clear message rather than another reader's
     if suffix in SLIDE_SUFFIXES and _is_rgb_tiff(p):
         return read_slide
     return None
@@ -137,7 +139,7 @@ def _dicom_series_ids(folder: Path) -> list[str]:
 
 def _stem(path: Path) -> str:
     name = path.name
-    for suffix in CT_SUFFIXES + SLIDE_SUFFIXES + (".dcm",):
+    for suffix in CT_SUFFIXES + SLIDE_SUFFIXES + VENDOR_SUFFIXES + (".dcm",):
         if name.lower().endswith(suffix):
             return name[: -len(suffix)]
     return name
@@ -156,38 +158,32 @@ def _is_rgb_tiff(path: Path) -> bool:
         return False
 
 
-def read_slide(path: str | os.PathLike[str]) -> list[LayerData]:
-    """Level 0 of a slide, or the largest pyramid level that is at most `MAX_SLIDE_SIDE` px on a side."""
-    import tifffile
+def read_slide(path: str | os.PathLike[str], mpp: float | None = None) -> list[LayerData]:
+    """A slide as one multiscale RGB Image layer (every level lazy), `scale` in µm per pixel.
 
-    p = Path(path)
-    with tifffile.TiffFile(p) as tif:
-        series = tif.series[0]
-        levels = list(getattr(series, "levels", None) or [series])
-        full_h, full_w = levels[0].shape[:2]
-        chosen = next((lvl for lvl in levels if max(lvl.shape[:2]) <= MAX_SLIDE_SIDE), levels[-1])
-        data = np.asarray(chosen.asarray())
-        mpp = _aperio_mpp(tif.pages[0].description or "")
-    if data.ndim == 3 and data.shape[-1] == 4:
-        data = data[..., :3]
-    downsample = (full_h / data.shape[0], full_w / data.shape[1])
+    Without a pixel size in the file (and no `mpp`), the scale is 1 (level-0 pixels) and a
+    `SlideWarning` says how to set it. A truncated or non-RGB file raises `InputError`: no layer.
+    """
+    from napari_clipmed.io.slide import open_slide
+
+    slide = open_slide(path, mpp=mpp)
+    step = slide.mpp if slide.mpp is not None else 1.0
     metadata = {
-        "path": str(p),
-        "level_shape": tuple(int(n) for n in data.shape[:2]),
-        "level0_shape": (int(full_h), int(full_w)),
-        "downsample": downsample,
-        "mpp": mpp,  # micrometres per level-0 pixel, when the file says (Aperio)
+        "path": str(slide.path),
+        "slide": True,
+        "mpp": slide.mpp,  # µm per level-0 pixel (None: unknown)
+        "mpp_source": slide.mpp_source,
+        "level_shapes": slide.shapes,
+        "downsamples": slide.downsamples,
+        "backend": slide.backend,
+        "units": "µm" if slide.mpp is not None else "px",
     }
-    kwargs = {"name": _stem(p), "rgb": True, "scale": downsample, "metadata": metadata}
-    return [(data, kwargs, "image")]
-
-
-def _aperio_mpp(description: str) -> float | None:
-    for part in description.replace("\n", "|").split("|"):
-        key, _, value = part.partition("=")
-        if key.strip().upper() == "MPP":
-            try:
-                return float(value)
-            except ValueError:
-                return None
-    return None
+    data = list(slide.levels)
+    kwargs: dict[str, Any] = {
+        "name": slide.name,
+        "rgb": True,
+        "multiscale": len(data) > 1,
+        "scale": (step, step),
+        "metadata": metadata,
+    }
+    return [(data if len(data) > 1 else data[0], kwargs, "image")]

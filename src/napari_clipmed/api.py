@@ -34,7 +34,8 @@ if TYPE_CHECKING:
     from napari_clipmed.retrieval import EmbeddingIndex
     from napari_clipmed.zeroshot import ZeroShotResult
 
-__all__ = ["load_model", "current_model", "ct_montage", "corrupt_layer", "zeroshot_labels", "retrieve", "quality_gate"]
+__all__ = ["load_model", "current_model", "ct_montage", "corrupt_layer", "zeroshot_labels", "retrieve",
+           "slide_tissue", "slide_zeroshot", "quality_gate"]
 
 
 def load_model(viewer: napari.Viewer, name: str, weights: str | os.PathLike[str] | None = None) -> ClipModel:
@@ -179,6 +180,67 @@ def retrieve(
     viewer.add_image(grid, **kwargs)
     viewer.add_shapes(labels, **label_kwargs)
     return frame
+
+
+# --- whole slides (ops.slide_zeroshot; see docs/slides.md) ----------------------------------------
+def _slide(viewer: napari.Viewer, layer: Any) -> Any:
+    from napari_clipmed._widgets._slide import is_slide_layer
+
+    layer = _layer(viewer, layer)
+    if not is_slide_layer(layer):
+        raise InputError(f"layer '{layer.name}' is not a slide opened by napari-clipmed (open the file with it)")
+    return layer
+
+
+def slide_tissue(viewer: napari.Viewer, layer: Any, slide_mpp: float | None = None) -> Any:
+    """Detect tissue (without glass and pen ink) on a slide layer; add it as an editable Labels layer (1 tissue, 2 ink)."""
+    from napari_clipmed.io.slide import open_slide
+    from napari_clipmed.pathology.tissue import detect_tissue
+
+    layer = _slide(viewer, layer)
+    with open_slide(layer.metadata["path"], mpp=slide_mpp) as slide:
+        data, kwargs, _ = detect_tissue(slide).to_layer_data(slide.mpp, name=f"{layer.name} tissue")
+    kwargs["translate"] = tuple(np.asarray(kwargs["translate"]) + np.asarray(layer.translate)[-2:])
+    return viewer.add_labels(data, **kwargs)
+
+
+def slide_zeroshot(
+    viewer: napari.Viewer,
+    layer: Any,
+    classes: Any = None,
+    *,
+    preset: str | None = None,
+    templates: list[str] | None = None,
+    target_mpp: float = 0.5,
+    tile: int = 224,
+    min_tissue: float = 0.5,
+    slide_mpp: float | None = None,
+    top_j: int = 10,
+    top_k: int = 5,
+    tissue_layer: Any = None,
+) -> Any:
+    """Zero-shot over a whole slide layer at `target_mpp`: adds the heat maps and top tiles; returns the result.
+
+    `tissue_layer` (from `slide_tissue`, possibly edited) replaces the automatic tissue detection.
+    """
+    from napari_clipmed._widgets._slide import add_layer_data, slide_geometry
+    from napari_clipmed.ops.slide_common import SlideTiling
+    from napari_clipmed.ops.slide_zeroshot import SlideZeroShotRequest, run
+    from napari_clipmed.pathology.tissue import TissueMask
+
+    if (preset is None) == (classes is None):
+        raise InputError("give either classes or a preset (not both)")
+    from napari_clipmed.zeroshot import PromptSet
+
+    prompts = PromptSet.parse(preset if preset is not None else classes, templates)
+    layer = _slide(viewer, layer)
+    tissue = None
+    if tissue_layer is not None:
+        labels = _layer(viewer, tissue_layer)
+        tissue = TissueMask.from_labels(np.asarray(labels.data), labels.metadata["tissue_downsample"])
+    tiling = SlideTiling(target_mpp, tile, min_tissue, slide_mpp, tissue=tissue)
+    result = run(SlideZeroShotRequest(layer.metadata["path"], prompts, tiling, top_j, top_k), current_model(viewer))
+    add_layer_data(viewer, result.to_layer_data(slide_geometry(layer)))
 
 
 def quality_gate(

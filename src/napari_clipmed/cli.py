@@ -24,6 +24,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "napari_clipmed.commands.pathology",
     "napari_clipmed.commands.quality",
     "napari_clipmed.commands.embed",
+    "napari_clipmed.commands.slide",
 )
 
 

@@ -139,20 +139,22 @@ def test_slide_reads_level0_rgb(tmp_path: Path) -> None:
     assert tuple(kwargs["scale"]) == (1.0, 1.0)
 
 
-def test_huge_slide_reads_a_pyramid_level(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(_reader, "MAX_SLIDE_SIDE", 100)  # stands in for 8k px, to keep the file small
+def test_pyramid_reads_as_a_lazy_multiscale_layer_in_um(tmp_path: Path) -> None:
     rng = np.random.default_rng(3)
     level0 = rng.integers(0, 255, (256, 192, 3), dtype=np.uint8)
     levels = [level0, level0[::2, ::2].copy(), level0[::4, ::4].copy()]
     path = tmp_path / "pyramid.tif"
+    res = (1e4 / 0.25, 1e4 / 0.25)  # 0.25 µm per pixel, in pixels per cm
     with tifffile.TiffWriter(path) as tif:
-        tif.write(levels[0], photometric="rgb", tile=(64, 64), subifds=2)
+        tif.write(levels[0], photometric="rgb", tile=(64, 64), subifds=2, resolution=res, resolutionunit="CENTIMETER")
         tif.write(levels[1], photometric="rgb", tile=(64, 64), subfiletype=1)
         tif.write(levels[2], photometric="rgb", tile=(32, 32), subfiletype=1)
     (data, kwargs, _) = _reader.read_slide(path)[0]
-    np.testing.assert_array_equal(data, levels[2])  # 128 px > 100, so the 64 x 48 level
-    assert tuple(kwargs["scale"]) == (4.0, 4.0)  # coordinates stay level-0 pixels
-    assert kwargs["metadata"]["level0_shape"] == (256, 192)
+    assert kwargs["multiscale"] is True and len(data) == 3
+    for got, want in zip(data, levels):
+        np.testing.assert_array_equal(np.asarray(got), want)
+    assert tuple(kwargs["scale"]) == (0.25, 0.25)  # µm per level-0 pixel
+    assert kwargs["metadata"]["level_shapes"][0] == (256, 192)
 
 
 def test_viewer_opens_ct_through_the_plugin(viewer: Any, tmp_path: Path) -> None:

@@ -8,36 +8,14 @@ signals do not flood the loop.
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 import numpy as np
-from qtpy.QtCore import QTimer
+from gui_support import run_and_probe
 
 from napari_clipmed._widgets._base import ClipmedWidget
 
-INTERVAL_MS = 10
 MAX_LATENCY_S = 0.100
-
-
-class LatencyProbe:
-    """Records the tick times of a 10 ms QTimer."""
-
-    def __init__(self) -> None:
-        self.ticks: list[float] = []
-        self.timer = QTimer()
-        self.timer.setInterval(INTERVAL_MS)
-        self.timer.timeout.connect(lambda: self.ticks.append(time.perf_counter()))
-
-    def start(self) -> None:
-        self.ticks = [time.perf_counter()]
-        self.timer.start()
-
-    def stop(self) -> float:
-        """The worst latency seen (seconds)."""
-        self.timer.stop()
-        gaps = np.diff(self.ticks)
-        return float(gaps.max() - INTERVAL_MS / 1000.0)
 
 
 class EncodeWidget(ClipmedWidget):
@@ -57,32 +35,6 @@ class EncodeWidget(ClipmedWidget):
         return self.run_job(lambda: model.iter_encode_images(self.tiles, batch_size=32), store)
 
 
-def _run_and_probe(qtbot: Any, widget: ClipmedWidget) -> tuple[float, int]:
-    """Run the widget's job; probe the event loop from start until its result reaches the GUI thread.
-
-    Adding the result layers afterwards is napari's own GUI work (layer controls, vispy visuals),
-    not model work, so it is outside the window.
-    """
-    probe = LatencyProbe()
-    measured: list[float] = []
-    run_job = widget.run_job
-
-    def probed_run_job(job: Any, on_result: Any, **kwargs: Any) -> Any:
-        def on_result_probed(result: Any) -> None:
-            measured.append(probe.stop())
-            on_result(result)
-
-        return run_job(job, on_result_probed, **kwargs)
-
-    widget.run_job = probed_run_job  # type: ignore[method-assign]
-    probe.start()
-    worker = widget.run()
-    assert worker is not None, widget.last_error
-    qtbot.waitUntil(lambda: widget.worker is None, timeout=120_000)  # the base clears it when finished
-    assert len(measured) == 1, widget.last_error
-    return measured[0], len(probe.ticks)
-
-
 def test_gui_stays_responsive_while_encoding(viewer: Any, qtbot: Any, tiny_model: Any) -> None:
     from napari_clipmed._widgets._session import ModelChoice
 
@@ -90,7 +42,7 @@ def test_gui_stays_responsive_while_encoding(viewer: Any, qtbot: Any, tiny_model
     widget = EncodeWidget(viewer, tiles)
     viewer.window.add_dock_widget(widget)
     widget.session.model, widget.session.choice = tiny_model, ModelChoice("tiny-random")
-    latency, ticks = _run_and_probe(qtbot, widget)
+    latency, ticks = run_and_probe(qtbot, widget)
     assert widget.result is not None and widget.result.shape == (1500, tiny_model.embed_dim)
     np.testing.assert_allclose(widget.result[:5], tiny_model.encode_images(tiles[:5]), atol=1e-5)
     assert ticks >= 20, "the job was too short to measure the event loop"
@@ -106,7 +58,7 @@ def test_gui_stays_responsive_during_a_ct_montage(viewer: Any, qtbot: Any, tiny_
     widget.session.model, widget.session.choice = tiny_model, ModelChoice("tiny-random")
     widget.k.value = 9
     widget.stride.value = 8.0  # many candidate patches: a run long enough to measure
-    latency, ticks = _run_and_probe(qtbot, widget)
+    latency, ticks = run_and_probe(qtbot, widget)
     assert widget.last_error is None and widget.montage_layer is not None
     assert ticks >= 20, "the job was too short to measure the event loop"
     assert latency < MAX_LATENCY_S, f"the event loop stalled for {latency * 1000:.0f} ms during the run"

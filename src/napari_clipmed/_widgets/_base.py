@@ -199,10 +199,13 @@ class ClipmedWidget(QWidget):
         self.last_error = None
         self._cancel_requested = False
 
+        running: list[Generator[Progress, None, Any]] = []
+
         def drive() -> Generator[Progress, None, Any]:
             # A generator *function*: napari only makes a GeneratorWorker (yielded signal, quit at
             # each yield) for those, and `job` is often a lambda that returns a generator.
-            return (yield from job())
+            running.append(job())
+            return (yield from running[-1])
 
         worker = create_worker(drive, _start_thread=False, _ignore_errors=True)  # `errored` reports them
         self.worker = worker
@@ -230,6 +233,8 @@ class ClipmedWidget(QWidget):
             self.controls.status.setText("cancelled: nothing was changed")
 
         def finished() -> None:
+            for gen in running:  # napari leaves a quit generator suspended: run its cleanup (files, readers) now
+                gen.close()
             self.worker = None
             self.controls.run_button.setEnabled(True)
             self.controls.cancel_button.setEnabled(False)

@@ -19,6 +19,7 @@ from qtpy.QtWidgets import QLabel
 
 from napari_clipmed._widgets import _path_layers as pl
 from napari_clipmed._widgets._base import ClipmedWidget
+from napari_clipmed._widgets._slide import is_slide_layer, slide_region_source
 from napari_clipmed.errors import ClipmedError, InputError
 
 if TYPE_CHECKING:
@@ -94,7 +95,8 @@ class CorruptionExplorerWidget(ClipmedWidget):
             return None
         kind, severity, seed = self.kind.value, self.severity_value, int(self.seed.value)
         try:
-            source = pl.rgb_source(self.source_layer.value)
+            layer = self.source_layer.value
+            source = slide_region_source(self.viewer, layer) if is_slide_layer(layer) else pl.rgb_source(layer)
         except ClipmedError as err:
             self.fail(str(err))
             return None
@@ -148,7 +150,7 @@ class CorruptionExplorerWidget(ClipmedWidget):
             layer = self.source_layer.value
             if layer is None:
                 raise InputError("add an RGB image layer to corrupt")
-            source = pl.rgb_source(layer)
+            source = slide_region_source(self.viewer, layer) if is_slide_layer(layer) else pl.rgb_source(layer)
         except ClipmedError as err:
             self.fail(str(err))
             return None

@@ -27,6 +27,7 @@ from napari_clipmed._widgets._gallery import (
     query_region,
     read_tiles,
 )
+from napari_clipmed._widgets._slide import add_layer_data, drawn_region, is_slide_layer, slide_geometry
 from napari_clipmed.errors import ClipmedError, InputError
 from napari_clipmed.io.atomic import write_frame
 from napari_clipmed.progress import Progress
@@ -76,6 +77,7 @@ class RetrievalWidget(ClipmedWidget):
             tooltip="CSV with columns path,label[,split]; used instead of the folder when chosen",
         )
         self.build_button = PushButton(text="Build index")
+        self.slides_button = PushButton(text="Index slide layers", tooltip="tissue tiles of every slide layer, at 0.5 µm/px")
         self.index_file = FileEdit(label="index file", mode="r", filter="*.npz")
         self.load_button = PushButton(text="Load index")
         self.save_file = FileEdit(label="save index as", mode="w", filter="*.npz")
@@ -87,7 +89,7 @@ class RetrievalWidget(ClipmedWidget):
         self.csv_file = FileEdit(label="export to", mode="w", filter="*.csv")
         self.export_button = PushButton(text="Export CSV")
         self.form.extend(
-            [self.folder, self.manifest, self.build_button, self.index_file, self.load_button, self.save_file, self.save_button,
+            [self.folder, self.manifest, self.build_button, self.slides_button, self.index_file, self.load_button, self.save_file, self.save_button,
              self.query_mode, self.image_layer, self.shapes_layer, self.k]
         )
         self.index_status = QLabel("no index: build one from a folder or manifest, or load a saved one")
@@ -101,6 +103,8 @@ class RetrievalWidget(ClipmedWidget):
         for w in (self.csv_file, self.export_button):
             layout.insertWidget(layout.count() - 1, w.native)
         self.build_button.changed.connect(self.build_index)
+        self.slides_button.changed.connect(self.index_slides)
+        self.slide_index: Any = None  # ops.slide_index.SlideIndexResult of the slide layers
         self.load_button.changed.connect(self.load_index)
         self.save_button.changed.connect(self.save_index)
         self.export_button.changed.connect(self.export_csv)
@@ -135,6 +139,54 @@ class RetrievalWidget(ClipmedWidget):
         return self.run_job(
             lambda: iter_index_folder(model, source, cache=EmbeddingCache()), done, description=f"indexing {source} ..."
         )
+
+    def index_slides(self, *_: object) -> object | None:
+        """Embed the tissue tiles of every slide layer at the tiler's magnification (ops.slide_index)."""
+        from napari_clipmed.ops.slide_index import SlideIndexRequest, iter_run
+
+        try:
+            model = self.session.require()
+            layers = [layer for layer in self.viewer.layers if is_slide_layer(layer)]
+            if not layers:
+                raise InputError("open a slide (SVS, TIFF, NDPI, ...) with napari-clipmed to index it")
+            request = SlideIndexRequest(tuple(layer.metadata["path"] for layer in layers))
+        except ClipmedError as err:
+            self.fail(str(err))
+            return None
+
+        def done(result: Any) -> None:
+            self.slide_index = result
+            tiles = sum(len(e.grid) for e in result.entries)
+            self.index_status.setText(
+                f"slide index: {tiles:,} tissue tiles of {len(result.entries)} slide(s) at "
+                f"{request.tiling.target_mpp:.2f} µm/px; query with a rectangle drawn on a slide"
+            )
+
+        return self.run_job(lambda: iter_run(request, model), done, description=f"indexing {len(layers)} slide(s) ...")
+
+    def _run_slide(self, layer: Any, model: Any, k: int) -> object | None:
+        """Query the slide index with the last rectangle drawn on a slide layer (at any zoom)."""
+        if not is_slide_layer(layer):
+            raise InputError("the slide index is queried with a rectangle drawn on a slide layer: pick that slide")
+        box = drawn_region(self.shapes_layer.value, layer)
+        index, path = self.slide_index, layer.metadata["path"]
+        geometries = {lyr.metadata["path"]: slide_geometry(lyr) for lyr in self.viewer.layers if is_slide_layer(lyr)}
+
+        def show(hits: Any) -> None:
+            layers = hits.to_layer_data(geometries)
+            geometry = geometries[path]
+            right = geometry.to_world((0.0, layer.metadata["level_shapes"][0][1] * 1.05))
+            step = index.tiling.target_mpp  # hit tiles shown at their own magnification, in µm
+            for data, kwargs, kind in layers:
+                if kwargs["name"].startswith("slide hits"):  # the grid and its cell frames: beside the slide
+                    kwargs |= {"scale": (step, step), "translate": (float(geometry.translate[0]), float(right[1]))}
+            add_layer_data(self.viewer, layers)
+            frame = hits.to_frame()
+            self.hits = frame.assign(query=layer.name, path=frame["slide"] + "#" + frame["tile"].astype(str), label="")
+            self._fill_table(self.hits)
+
+        return self.run_job(lambda: index.iter_query(model, path, box, k), show,
+                            description=f"searching {k} tiles like the rectangle on '{layer.name}' ...")
 
     def load_index(self, *_: object) -> None:
         from napari_clipmed.retrieval import EmbeddingIndex
@@ -178,9 +230,11 @@ class RetrievalWidget(ClipmedWidget):
         """Embed the query, search the index and show the hits (in a worker)."""
         try:
             model = self.session.require()
-            if self.index is None:
-                raise InputError("build or load an index before searching")
+            if self.index is None and self.slide_index is None:
+                raise InputError("build or load an index (or index the slide layers) before searching")
             index, k, model_id = self.index, int(self.k.value), model.identity
+            if index is None or (is_slide_layer(self.image_layer.value) and self.slide_index is not None):
+                return self._run_slide(self.image_layer.value, model, k)
             if index.model_id is not None and index.model_id != model_id:
                 raise InputError(
                     f"the index was built with model '{index.model_id}' but the loaded model is '{model_id}': "
@@ -188,6 +242,8 @@ class RetrievalWidget(ClipmedWidget):
                 )
             if k > len(index):
                 raise InputError(f"top k = {k} is more than the {len(index)} tiles in the index; lower k")
+            if is_slide_layer(self.image_layer.value):  # never copy a whole slide into memory as a query
+                raise InputError("to query with a region of a slide, index the slide layers first ('Index slide layers')")
             pixels, query_name, source = self._query()
         except ClipmedError as err:
             self.fail(str(err))

@@ -12,11 +12,12 @@ import html
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from magicgui.widgets import CheckBox, ComboBox, RadioButtons, SpinBox, TextEdit
+from magicgui.widgets import CheckBox, ComboBox, FloatSpinBox, RadioButtons, SpinBox, TextEdit
 from qtpy.QtWidgets import QLabel
 
 from napari_clipmed._widgets import _path_layers as pl
 from napari_clipmed._widgets._base import ClipmedWidget, notify_info
+from napari_clipmed._widgets._slide import add_layer_data, drawn_region, is_slide_layer, slide_geometry, slide_mpp
 from napari_clipmed.errors import ClipmedError, InputError
 from napari_clipmed.progress import Progress
 from napari_clipmed.zeroshot import PromptSet, format_classes, list_presets, parse_classes
@@ -78,9 +79,14 @@ class ZeroShotLabelsWidget(ClipmedWidget):
                                      "failing tiles get a thick red outline, their measures go in the features")
         self.skip_failing = CheckBox(label="skip failing tiles", value=False,
                                      tooltip="leave tiles that fail the gate unlabelled ('uncertain'), saying why")
+        # whole slides: tiles are read from the file at this magnification (see _widgets/_slide.py)
+        self.target_mpp = FloatSpinBox(label="slide tiles (µm/px)", value=0.5, min=0.05, max=50.0, step=0.05)
+        self.slide_mpp = FloatSpinBox(label="slide µm/px (0: file)", value=0.0, min=0.0, max=50.0, step=0.01,
+                                      tooltip="the slide's own pixel size, when its file does not say")
         self.form.extend(
             [self.image_layer, self.preset, self.classes, self.templates, self.mode, self.tile_size, self.stride,
-             self.tissue_only, self.shapes_layer, self.quality_gate, self.skip_failing]
+             self.tissue_only, self.shapes_layer, self.target_mpp, self.slide_mpp, self.quality_gate,
+             self.skip_failing]
         )
         self.legend = QLabel("")
         self.legend.setWordWrap(True)
@@ -144,6 +150,8 @@ class ZeroShotLabelsWidget(ClipmedWidget):
             if layer is None:
                 raise InputError("add a 2-D image layer (RGB or grey) to label")
             prompts = PromptSet.parse(self.classes.value, self.templates.value, name=self.preset.value)
+            if is_slide_layer(layer):
+                return self._run_slide(layer, model, prompts)
             source = pl.image_source(layer)
             mode = self.mode.value
             boxes: np.ndarray | None = None
@@ -220,3 +228,23 @@ class ZeroShotLabelsWidget(ClipmedWidget):
             self._update_legend()
 
         return self.run_job(job, show, description=f"labelling '{source.name}' ({mode}) ...")
+
+    def _run_slide(self, layer: Any, model: Any, prompts: PromptSet) -> object | None:
+        """A whole slide: tissue tiles at the target magnification, streamed from the file (ops.slide_zeroshot)."""
+        from napari_clipmed.ops.slide_common import SlideTiling
+        from napari_clipmed.ops.slide_zeroshot import SlideZeroShotRequest, iter_run
+
+        region = drawn_region(self.shapes_layer.value, layer) if self.mode.value == RECTANGLES else None
+        tiling = SlideTiling(
+            float(self.target_mpp.value), int(self.tile_size.value), 0.5 if self.tissue_only.value else 0.0,
+            slide_mpp(layer, self.slide_mpp.value), region,
+        )
+        request = SlideZeroShotRequest(layer.metadata["path"], prompts, tiling)
+        geometry = slide_geometry(layer)
+
+        def show(result: Any) -> None:
+            add_layer_data(self.viewer, result.to_layer_data(geometry))
+            notify_info(f"'{layer.name}': {result.grid.describe()}; slide class (top-{result.top_j} mean): "
+                        f"{result.slide_scores()['predicted']}")
+
+        return self.run_job(lambda: iter_run(request, model), show, description=f"slide '{layer.name}': finding tissue ...")

@@ -25,19 +25,10 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 from napari_clipmed.errors import InputError
+from napari_clipmed.pathology.ink import INK_COLOURS
 from napari_clipmed.pathology.params import MAX_SEVERITY, check_severity
 from napari_clipmed.pathology.strokes import MAX_HALF_WIDTH, SlotStack, candidate_strokes, smooth_noise
 
-# Ink colour as an optical-density direction (absorbance per RGB channel, strongest = 1).
-# green: measured on the CMU-1 SVS (green margin ink at the tissue edge): -log(pixel / glass)
-#        over the inked pixels has the ratio R:G:B = 1 : 0.52 : 0.41 at both median and darkest ink.
-# blue / black: typical blue and black marker ink on glass, about (70, 100, 180) and (45, 45, 55)
-#        in 8-bit RGB at full density; no sample of these is shipped, so they are estimates.
-INK_COLOURS: dict[str, tuple[float, float, float]] = {
-    "green": (1.00, 0.52, 0.41),
-    "blue": (1.00, 0.71, 0.25),
-    "black": (1.00, 1.00, 0.88),
-}
 INK_PROBABILITIES: tuple[float, float, float] = (0.45, 0.35, 0.20)  # green, blue, black
 
 # Fraction of the tile covered by ink (density >= 0.5) at severities 1..4; each seed draws its

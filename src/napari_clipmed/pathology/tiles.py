@@ -1,9 +1,8 @@
 """Tiling H&E images and slide levels into tissue tiles.
 
 `read_slide_level` reads one pyramid level of an SVS/TIFF with tifffile (no OpenSlide), or a
-plain PNG/JPEG with Pillow. `tissue_mask` separates stained tissue from the bright, grey glass
-by Otsu's threshold on HSV saturation, then removes specks and fills small holes.
-`tile_image` cuts full tiles on a grid and keeps those with enough tissue.
+plain PNG/JPEG with Pillow. `tile_image` cuts full tiles on a grid and keeps those with enough
+tissue (`pathology.tissue.tissue_mask`). Whole slides at a target magnification: `slide_tiler`.
 """
 
 from __future__ import annotations
@@ -13,14 +12,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
-from scipy import ndimage as ndi
 
 from napari_clipmed.errors import InputError
+from napari_clipmed.pathology.tissue import MASK_SIDE, _check_rgb, otsu_threshold, saturation, tissue_mask
+
+__all__ = ["MASK_SIDE", "Tiles", "otsu_threshold", "read_slide_level", "saturation", "tile_image", "tissue_mask"]
 
 if TYPE_CHECKING:
     import pandas as pd
 
-MASK_SIDE = 1024  # tissue_mask works at about this long side
 TIFF_SUFFIXES = {".svs", ".tif", ".tiff", ".ndpi", ".scn", ".bif"}
 
 
@@ -142,75 +142,6 @@ def read_jpeg_page(tif: object, page: object) -> np.ndarray:
         hh, ww = min(th, h - y), min(tw, w - x)
         out[y : y + hh, x : x + ww] = pixels[:hh, :ww]
     return out
-
-
-def _check_rgb(image: np.ndarray) -> None:
-    if not isinstance(image, np.ndarray) or image.ndim != 3 or image.shape[-1] not in (3, 4):
-        shape = getattr(image, "shape", None)
-        raise InputError(f"expected an RGB image (H, W, 3); got shape {shape}")
-
-
-def saturation(image: np.ndarray) -> np.ndarray:
-    """HSV saturation (max - min) / max of an RGB image, float32 in [0, 1] (0 where black)."""
-    _check_rgb(image)
-    rgb = image[..., :3]
-    hi = rgb.max(axis=-1).astype(np.float32)
-    lo = rgb.min(axis=-1).astype(np.float32)
-    return np.divide(hi - lo, hi, out=np.zeros_like(hi), where=hi > 0)
-
-
-def otsu_threshold(values: np.ndarray, nbins: int = 256) -> float:
-    """Otsu's threshold on a 256-bin histogram over the values' range (as skimage.filters.threshold_otsu)."""
-    values = np.asarray(values, dtype=np.float64).ravel()
-    lo, hi = float(values.min()), float(values.max())
-    if lo == hi:
-        return lo
-    hist, edges = np.histogram(values, bins=nbins, range=(lo, hi))
-    centers = (edges[:-1] + edges[1:]) / 2
-    hist = hist.astype(np.float64)
-    w1 = np.cumsum(hist)
-    w2 = np.cumsum(hist[::-1])[::-1]
-    m1 = np.cumsum(hist * centers) / np.maximum(w1, 1e-300)
-    m2 = (np.cumsum((hist * centers)[::-1]) / np.maximum(w2[::-1], 1e-300))[::-1]
-    between = w1[:-1] * w2[1:] * (m1[:-1] - m2[1:]) ** 2
-    return float(centers[int(np.argmax(between))])
-
-
-def tissue_mask(image: np.ndarray, min_size: int | None = None) -> np.ndarray:
-    """Boolean mask (H, W) of stained tissue: Otsu on sqrt(HSV saturation), specks removed, holes filled.
-
-    Glass is grey (saturation near 0), stained tissue is not. The square root evens out the
-    broad spread of tissue saturations, which otherwise pulls Otsu's threshold into pale
-    stroma. Large images are analysed at a reduced size (long side about `MASK_SIDE` px).
-    `min_size` (full-resolution pixels) is the smallest tissue piece kept and the largest hole
-    filled; default 0.01 % of the image, at least 64 px.
-    """
-    _check_rgb(image)
-    h, w = image.shape[:2]
-    if h == 0 or w == 0:
-        return np.zeros((h, w), dtype=bool)
-    step = max(1, -(-max(h, w) // MASK_SIDE))
-    sat = np.sqrt(saturation(image[::step, ::step]))
-    mask = sat > otsu_threshold(sat)
-    if min_size is None:
-        min_size = max(64, int(1e-4 * h * w))
-    small_size = max(1, int(round(min_size / step**2)))
-    mask = ndi.binary_opening(mask, structure=np.ones((3, 3), bool))
-    mask = _drop_small(mask, small_size)
-    mask = ~_drop_small(~mask, small_size)  # fill holes smaller than min_size
-    if step == 1:
-        return mask
-    return mask[np.arange(h)[:, None] // step, np.arange(w)[None, :] // step]
-
-
-def _drop_small(mask: np.ndarray, min_size: int) -> np.ndarray:
-    labels, count = ndi.label(mask)
-    if count == 0:
-        return mask
-    sizes = np.bincount(labels.ravel())
-    keep = sizes >= min_size
-    keep[0] = False
-    return keep[labels]
 
 
 def tile_image(

@@ -1,0 +1,224 @@
+"""Whole-slide speed and memory: opening, the streaming tiler, slide zero-shot with the tiny model.
+
+The test slides are built here from the real H&E image (../shared/data/pathology, 1000 x 1000 px)
+repeated across a big pyramidal TIFF (JPEG tiles of 256 px, 0.25 µm/px, levels down to < 2048 px),
+written tile by tile from a generator, so no whole level sits in memory. Each measurement runs in a
+fresh Python process, so its peak resident memory (ru_maxrss) is its own.
+
+1. Opening: `open_slide` + building the napari layer data on the big (~50,000 px) vs the small
+   (~10,000 px) slide: time and peak memory; the ratio should be close to 1.
+2. Tiler: all 224 px tiles at 0.5 µm/px of the big slide (from level 1), streamed in batches vs
+   read as the whole level and cut: time and peak memory, for the same tiles.
+3. Slide zero-shot on the big slide with `tiny-random`: peak memory (target < 2 GB) and tiles/s
+   as a fraction of the encoder's own rate on the same number of in-memory tiles (target >= 0.8).
+
+    python benchmarks/slide.py                 # 49,152 px vs 9,216 px (writes ~1 GB of TIFF under /tmp)
+    python benchmarks/slide.py --quick         # 8,192 px vs 2,048 px, a smoke test
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve()
+PNG = HERE.parents[2] / "shared" / "data" / "pathology" / "he_carcinoma_tiatoolbox.png"
+MPP = 0.25
+TILE = 256
+
+
+def isa_flags() -> str:
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return platform.machine()
+    flags = next((line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")), [])
+    wanted = [f for f in ("sse4_2", "avx", "avx2", "fma", "avx512f", "avx512_bf16", "amx_tile") if f in flags]
+    model = next((line.split(":", 1)[1].strip() for line in text.splitlines() if line.startswith("model name")), "")
+    return f"{model}; {' '.join(wanted)}"
+
+
+def build_slide(path: Path, side: int) -> None:
+    """A pyramidal JPEG TIFF of `side` x `side` px tiling the H&E image, written tile by tile."""
+    import tifffile
+    from PIL import Image
+
+    source = Image.open(PNG).convert("RGB")
+    sides = [side]
+    while sides[-1] > 2048:
+        sides.append(sides[-1] // 2)
+
+    def tiles(level: int, n: int):
+        f = 2**level
+        base = np.asarray(source.resize((1000 // f, 1000 // f), Image.Resampling.BOX) if f > 1 else source)
+        period = base.shape[0]
+        for y in range(0, n, TILE):
+            rows = (np.arange(y, y + TILE) % period)[:, None]
+            for x in range(0, n, TILE):
+                yield base[rows, (np.arange(x, x + TILE) % period)[None, :]]
+
+    res = (1e4 / MPP, 1e4 / MPP)
+    with tifffile.TiffWriter(path, bigtiff=True) as tw:
+        for level, n in enumerate(sides):
+            extra = {"subifds": len(sides) - 1, "resolution": res, "resolutionunit": "CENTIMETER"} if level == 0 else {"subfiletype": 1}
+            tw.write(tiles(level, n), shape=(n, n, 3), dtype=np.uint8, tile=(TILE, TILE), compression="jpeg",
+                     photometric="rgb", **extra)
+
+
+# --- measurements (each in its own process) ---------------------------------------------------------
+
+
+def _peak_mb() -> float:
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def measure_open(path: str) -> dict:
+    import dask.array  # noqa: F401
+    import zarr  # noqa: F401
+
+    import napari_clipmed._reader  # noqa: F401  (imports outside the timing)
+
+    base = _peak_mb()
+    t0 = time.perf_counter()
+    from napari_clipmed._reader import read_slide
+
+    layers = read_slide(path)
+    seconds = time.perf_counter() - t0
+    return {"seconds": seconds, "peak_mb": _peak_mb(), "added_mb": _peak_mb() - base, "levels": len(layers[0][0])}
+
+
+def measure_tiler(path: str, mode: str, limit: int) -> dict:
+    from napari_clipmed.io.slide import open_slide
+    from napari_clipmed.pathology.slide_tiler import iter_tile_batches, make_grid
+
+    slide = open_slide(path)
+    grid = make_grid(slide, 0.5, 224)
+    n = min(len(grid), limit) if limit else len(grid)
+    base = _peak_mb()
+    t0 = time.perf_counter()
+    checksum = 0
+    if mode == "stream":
+        for indices, images in iter_tile_batches(slide, grid, 64):
+            checksum += int(images[:, 0, 0, 0].sum())
+            if indices[-1] + 1 >= n:
+                break
+    else:  # whole level in memory, then cut the same tiles (224 px at level 1 = 448 px at level 0)
+        import tifffile
+
+        with tifffile.TiffFile(path) as tif:
+            level = tif.series[0].levels[grid.level].asarray()
+        ds, t = grid.level_downsample, grid.tile
+        for y0, x0, _, _ in grid.boxes[:n]:
+            y, x = round(y0 / ds), round(x0 / ds)
+            checksum += int(np.ascontiguousarray(level[y : y + t, x : x + t])[0, 0, 0])
+    seconds = time.perf_counter() - t0
+    return {"seconds": seconds, "tiles": n, "peak_mb": _peak_mb(), "added_mb": _peak_mb() - base, "checksum": checksum}
+
+
+def measure_zeroshot(path: str, limit: int) -> dict:
+    import dask.array  # noqa: F401  (imports outside the timing)
+    import zarr  # noqa: F401
+
+    from napari_clipmed.io.slide import open_slide
+    from napari_clipmed.models.loader import load_model
+    from napari_clipmed.ops.slide_common import SlideTiling
+    from napari_clipmed.ops.slide_zeroshot import SlideZeroShotRequest, iter_run
+    from napari_clipmed.pathology.slide_tiler import make_grid, read_tiles
+    from napari_clipmed.progress import run_generator
+
+    model = load_model("tiny-random", device="cpu")
+    region = None
+    if limit:
+        side = int(np.sqrt(limit)) * 448
+        region = (0.0, 0.0, float(side), float(side))
+    request = SlideZeroShotRequest(path, ["tumor", "stroma", "lymphocytes"], SlideTiling(region=region))
+    model.encode_images(np.zeros((64, 224, 224, 3), np.uint8))  # warm up
+    stamps: list[tuple[float, int, str]] = []
+    t0 = time.perf_counter()
+    result = run_generator(iter_run(request, model), lambda p: stamps.append((time.perf_counter(), p.done, p.message)))
+    seconds = time.perf_counter() - t0
+    n = len(result.grid)
+    streamed = [t for t, _, message in stamps if "tissue tiles at" in message]
+    stream_seconds = streamed[-1] - streamed[0]  # first yield (grid ready) to the last batch encoded
+    peak = _peak_mb()
+    with open_slide(path) as slide:  # the encoder alone on the same number of in-memory tiles
+        grid = make_grid(slide, 0.5, 224)
+        sample = read_tiles(slide, grid, np.arange(min(n, 1024)))
+    reps = max(1, n // len(sample))
+    t0 = time.perf_counter()
+    for _ in range(reps):
+        for start in range(0, len(sample), 64):
+            model.encode_images(sample[start : start + 64], batch_size=64)
+    encoder_rate = reps * len(sample) / (time.perf_counter() - t0)
+    return {"seconds": seconds, "stream_seconds": stream_seconds, "tiles": n, "tiles_per_s": n / stream_seconds,
+            "end_to_end_tiles_per_s": n / seconds, "encoder_tiles_per_s": encoder_rate,
+            "fraction": n / stream_seconds / encoder_rate, "peak_mb": peak}
+
+
+def _child(*args: str) -> dict:
+    env = {**os.environ, "PYTHONPATH": str(HERE.parents[1] / "src") + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    out = subprocess.run([sys.executable, str(HERE), "--measure", *args], capture_output=True, text=True, env=env, check=False)
+    if out.returncode != 0:
+        raise RuntimeError(out.stderr[-2000:])
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="small slides: a smoke test")
+    ap.add_argument("--big", type=int, default=49_152, help="side of the big slide, px")
+    ap.add_argument("--small", type=int, default=9_216, help="side of the small slide, px")
+    ap.add_argument("--tiles", type=int, default=0, help="limit tiler and zero-shot to this many tiles (0: all)")
+    ap.add_argument("--folder", type=Path, default=Path(tempfile.gettempdir()) / "clipmed-slide-bench")
+    ap.add_argument("--measure", nargs="+", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.measure:
+        kind, path, *rest = args.measure
+        result = {"open": lambda: measure_open(path), "tiler": lambda: measure_tiler(path, rest[0], int(rest[1])),
+                  "zeroshot": lambda: measure_zeroshot(path, int(rest[0]))}[kind]()
+        print(json.dumps(result))
+        return
+    big, small = (8_192, 2_048) if args.quick else (args.big, args.small)
+    args.folder.mkdir(parents=True, exist_ok=True)
+    print(f"CPU: {isa_flags()}; {os.cpu_count()} cpus; load {os.getloadavg()[0]:.2f}")
+    paths = {}
+    for side in (big, small):
+        path = args.folder / f"he_{side}.tif"
+        if not path.is_file():
+            t0 = time.perf_counter()
+            build_slide(path, side)
+            print(f"built {path.name}: {side:,} px, {path.stat().st_size / 1e6:.0f} MB in {time.perf_counter() - t0:.0f} s")
+        paths[side] = str(path)
+
+    o_big, o_small = _child("open", paths[big]), _child("open", paths[small])
+    print(f"\nopen: {big:,} px {o_big['seconds'] * 1e3:.0f} ms, +{o_big['added_mb']:.0f} MB (peak {o_big['peak_mb']:.0f} MB); "
+          f"{small:,} px {o_small['seconds'] * 1e3:.0f} ms, +{o_small['added_mb']:.0f} MB (peak {o_small['peak_mb']:.0f} MB)")
+    print(f"  ratio big/small: time {o_big['seconds'] / o_small['seconds']:.2f}x, peak memory {o_big['peak_mb'] / o_small['peak_mb']:.2f}x")
+
+    stream, whole = _child("tiler", paths[big], "stream", str(args.tiles)), _child("tiler", paths[big], "whole", str(args.tiles))
+    assert stream["tiles"] == whole["tiles"]
+    print(f"\ntiler ({stream['tiles']:,} tiles of 224 px at 0.5 µm/px): streaming {stream['seconds']:.1f} s, peak {stream['peak_mb']:.0f} MB; "
+          f"whole level {whole['seconds']:.1f} s, peak {whole['peak_mb']:.0f} MB")
+    print(f"  ratio streaming/whole: time {stream['seconds'] / whole['seconds']:.2f}x, peak memory {stream['peak_mb'] / whole['peak_mb']:.2f}x")
+
+    zs = _child("zeroshot", paths[big], str(args.tiles))
+    print(f"\nslide zero-shot, tiny-random, {zs['tiles']:,} tiles: {zs['seconds']:.1f} s end to end "
+          f"({zs['end_to_end_tiles_per_s']:.0f} tiles/s with tissue detection and prompts), streaming phase "
+          f"{zs['stream_seconds']:.1f} s = {zs['tiles_per_s']:.0f} tiles/s")
+    print(f"  encoder alone on in-memory tiles {zs['encoder_tiles_per_s']:.0f} tiles/s: fraction {zs['fraction']:.2f} "
+          f"(target >= 0.8); peak {zs['peak_mb']:.0f} MB (target < 2048)")
+
+
+if __name__ == "__main__":
+    main()
