@@ -53,6 +53,18 @@ def image_tiles(pixels: np.ndarray, tile: int, stride: int, tissue_only: bool, m
     return np.concatenate([corners, corners + tile], axis=1).astype(np.int64)
 
 
+def gate_top_tiles(result: Any) -> Any:
+    """The quality gate on the slide's top tiles (their pixels are in the result), in `ranking()` order,
+    or the reason it could not be applied (worker thread)."""
+    from napari_clipmed.ops.qc import gate_images
+
+    tiles = [result.top_tiles[int(t)] for t in result.ranking()["tile"]]
+    try:
+        return gate_images(tiles) if tiles else None
+    except InputError as err:
+        return str(err)
+
+
 class ZeroShotLabelsWidget(ClipmedWidget):
     """Label tiles or drawn rectangles of an image with a zero-shot CLIP classifier."""
 
@@ -242,9 +254,28 @@ class ZeroShotLabelsWidget(ClipmedWidget):
         request = SlideZeroShotRequest(layer.metadata["path"], prompts, tiling)
         geometry = slide_geometry(layer)
 
-        def show(result: Any) -> None:
-            add_layer_data(self.viewer, result.to_layer_data(geometry))
+        use_gate, skip = bool(self.quality_gate.value) or bool(self.skip_failing.value), bool(self.skip_failing.value)
+
+        def job():  # worker thread: the slide, then the gate on its top tiles
+            result = yield from iter_run(request, model)
+            verdict = None
+            if use_gate:
+                yield Progress(0, 1, "checking the quality of the top tiles")
+                verdict = gate_top_tiles(result)
+            return result, verdict
+
+        def show(outcome: tuple) -> None:
+            from napari_clipmed.ops.qc import mark_failing
+
+            result, verdict = outcome
+            layers = result.to_layer_data(geometry)
+            if isinstance(verdict, str):
+                notify_info(f"quality gate not applied: {verdict}")
+            elif verdict is not None:
+                layers = [(d, mark_failing(k, verdict, skip_failing=skip), kind) if kind == "shapes" else (d, k, kind)
+                          for d, k, kind in layers]
+            add_layer_data(self.viewer, layers)
             notify_info(f"'{layer.name}': {result.grid.describe()}; slide class (top-{result.top_j} mean): "
                         f"{result.slide_scores()['predicted']}")
 
-        return self.run_job(lambda: iter_run(request, model), show, description=f"slide '{layer.name}': finding tissue ...")
+        return self.run_job(job, show, description=f"slide '{layer.name}': finding tissue ...")

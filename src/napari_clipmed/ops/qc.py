@@ -233,8 +233,11 @@ def mark_failing(kwargs: dict[str, Any], verdict: GateResult, skip_failing: bool
     if isinstance(edge_in, str):  # one colour for all: one row per shape, so failing ones can differ
         from matplotlib.colors import to_rgba
 
-        edge_in = np.tile(to_rgba(edge_in), (len(features), 1))
-    edge = np.array(edge_in, dtype=float, copy=True)
+        try:
+            edge_in = np.tile(to_rgba(edge_in), (len(features), 1))
+        except ValueError:  # a feature name (colour by feature): keep it, the width still marks failures
+            edge_in = None
+    edge = np.array(edge_in if edge_in is not None else [], dtype=float, copy=True)
     width = float(np.max(out.get("edge_width", 1.0)))
     widths = np.where(failed, 3.0 * width, width)
     if edge.ndim == 2 and len(edge) == len(features):
