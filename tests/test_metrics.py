@@ -159,3 +159,22 @@ def test_roc_curve_matches_sklearn(seed: int) -> None:
     ours_fpr, ours_tpr = m.roc_curve(y, s)
     np.testing.assert_allclose(ours_fpr, fpr)
     np.testing.assert_allclose(ours_tpr, tpr)
+
+
+def test_expected_calibration_error_matches_sklearn_calibration_curve() -> None:
+    from sklearn.calibration import calibration_curve
+
+    from napari_clipmed.metrics import expected_calibration_error
+
+    rng = np.random.default_rng(7)
+    probs = rng.dirichlet(np.full(4, 0.6), size=800)
+    labels = rng.integers(0, 4, size=800)
+    conf, correct = probs.max(axis=1), probs.argmax(axis=1) == labels
+    for n_bins in (5, 15):
+        frac_true, mean_conf = calibration_curve(correct, conf, n_bins=n_bins, strategy="uniform")
+        counts, _ = np.histogram(conf, bins=np.linspace(0, 1, n_bins + 1))
+        counts = counts[counts > 0]
+        reference = float(np.sum(counts / len(conf) * np.abs(frac_true - mean_conf)))
+        assert expected_calibration_error(labels, probs, n_bins) == pytest.approx(reference, abs=1e-12)
+    perfect = np.eye(3)[[0, 1, 2, 1]]
+    assert expected_calibration_error([0, 1, 2, 1], perfect) == 0.0

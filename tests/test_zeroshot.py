@@ -52,7 +52,7 @@ def test_matches_clip_benchmark(tiny, tiles) -> None:
 def test_classify_images_result_table(tiny, tiles) -> None:
     result = classify_images(tiny, tiles[:5], CLASSES, TEMPLATES, ids=[f"t{i}" for i in range(5)])
     frame = result.to_frame()
-    assert list(frame.columns) == ["id", "predicted", *[f"p({c})" for c in CLASSES]]
+    assert list(frame.columns) == ["id", "predicted", "probability", "margin", "entropy", *[f"p({c})" for c in CLASSES]]
     np.testing.assert_allclose(result.probabilities.sum(axis=1), 1.0, atol=1e-5)
     assert set(result.predicted) <= set(CLASSES)
 

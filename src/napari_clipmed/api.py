@@ -31,10 +31,11 @@ if TYPE_CHECKING:
     from napari_clipmed.models.model import ClipModel
     from napari_clipmed.ops.ct_montage import CTMontageOutput
     from napari_clipmed.ops.zeroshot import ZeroShotLabels
+    from napari_clipmed.ops.qc import QcResult
     from napari_clipmed.retrieval import EmbeddingIndex
 
 __all__ = ["load_model", "current_model", "ct_montage", "corrupt_layer", "zeroshot_labels", "retrieve",
-           "slide_tissue", "slide_zeroshot"]
+           "slide_tissue", "slide_zeroshot", "quality_gate"]
 
 
 def load_model(viewer: napari.Viewer, name: str, weights: str | os.PathLike[str] | None = None) -> ClipModel:
@@ -102,12 +103,15 @@ def zeroshot_labels(
     stride: int | None = None,
     tissue_only: bool = True,
     shapes_layer: Any = None,
+    quality_gate: bool = False,
+    skip_failing: bool = False,
 ) -> ZeroShotLabels:
     """Label tiles of a 2-D image layer (or the rectangles of `shapes_layer`) with the session model.
 
     Classes come from `preset` (a bundled name or a YAML/JSON file) or from `classes` (any
     `PromptSet.parse` source: names, a dict name -> synonyms, class text), with optional
     `templates`. Adds one Shapes layer like the zero-shot widget's; returns the result (one row per box).
+    `quality_gate` marks boxes failing the shipped quality gate; `skip_failing` leaves them unlabelled.
     """
     from napari_clipmed import layers
     from napari_clipmed.ops import zeroshot as op
@@ -118,7 +122,8 @@ def zeroshot_labels(
     prompts = PromptSet.parse(preset if preset is not None else classes, templates)
     source = layers.image_snapshot(layers.layer_by_name(viewer, layer))
     boxes = None if shapes_layer is None else layers.shapes_to_boxes(layers.layer_by_name(viewer, shapes_layer), source)
-    request = op.ZeroShotRequest(source, prompts, boxes, tile_size=tile_size, stride=stride, tissue_only=tissue_only)
+    request = op.ZeroShotRequest(source, prompts, boxes, tile_size=tile_size, stride=stride, tissue_only=tissue_only,
+                                 quality_gate=quality_gate, skip_failing=skip_failing)
     result = op.run(request, current_model(viewer))
     layers.add_layers(viewer, result.to_layer_data(source.geometry))
     return result
@@ -204,4 +209,37 @@ def slide_zeroshot(
     tiling = SlideTiling(target_mpp, tile, min_tissue, slide_mpp, tissue=tissue)
     result = run(SlideZeroShotRequest(layer.metadata["path"], prompts, tiling, top_j, top_k), current_model(viewer))
     layers.add_layers(viewer, result.to_layer_data(layers.slide_geometry(layer)))
+    return result
+
+
+def quality_gate(
+    viewer: napari.Viewer,
+    layer: Any,
+    *,
+    tile_size: int = 224,
+    stride: int | None = None,
+    tissue_only: bool = False,
+    gate: Any = None,
+) -> QcResult:
+    """Check the tiles of a 2-D image layer against a quality gate (the shipped one by default).
+
+    Adds a Shapes layer of the tiles outlined green (passed) or red (failed), with the measures,
+    `passed` and `reasons` in its features; returns the `ops.qc.QcResult` (docs/quality.md).
+    """
+    import numpy as np
+
+    from napari_clipmed import layers
+    from napari_clipmed.ops.layerdata import crop_boxes
+    from napari_clipmed.ops.qc import QcRequest, run
+    from napari_clipmed.ops.zeroshot import image_tiles
+    from napari_clipmed.pathology.gate import load_gate
+
+    source = layers.image_snapshot(layers.layer_by_name(viewer, layer))
+    boxes = image_tiles(source.pixels, int(tile_size), int(stride or tile_size), tissue_only) + np.tile(source.offset, 2)
+    if len(boxes) == 0:
+        raise InputError(f"no {tile_size} x {tile_size} tile fits in '{source.name}'; lower the tile size")
+    result = run(QcRequest(tuple(crop_boxes(source.pixels, boxes, source.offset)), load_gate(gate),
+                           coords=np.asarray(boxes)[:, :2], tile_size=int(tile_size)))
+    layers.add_layers(viewer, [(data, {**kwargs, "name": f"{source.name} quality [{tile_size}px]"}, kind)
+                               for data, kwargs, kind in result.to_layer_data(source.geometry)])
     return result

@@ -23,6 +23,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "napari_clipmed.commands.dapt",
     "napari_clipmed.commands.ct",
     "napari_clipmed.commands.pathology",
+    "napari_clipmed.commands.quality",
     "napari_clipmed.commands.embed",
     "napari_clipmed.commands.slide",
 )

@@ -316,3 +316,30 @@ def roc_curve(y: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray
     tps = np.cumsum(y)[last_of_tie]
     fps = (last_of_tie + 1) - tps
     return np.r_[0.0, fps / max(1, (~y).sum())], np.r_[0.0, tps / max(1, y.sum())]
+
+
+# --------------------------------------------------------------------------- calibration
+def expected_calibration_error(y_true: ArrayLike, probabilities: ArrayLike, n_bins: int = 15) -> float:
+    """Top-label expected calibration error: sum over equal-width confidence bins of |accuracy - confidence|,
+    weighted by the share of samples in the bin (Guo et al., 2017).
+
+    `y_true` holds column indices of `probabilities` (N, C). A confidence of exactly 1 falls in
+    the last bin; bins are (lo, hi], as sklearn's `calibration_curve(strategy="uniform")` has them.
+    """
+    t = np.asarray(y_true)
+    p = np.asarray(probabilities, dtype=np.float64)
+    if p.ndim != 2 or t.shape != (p.shape[0],):
+        raise InputError(f"need labels (N,) and probabilities (N, C); got {t.shape} and {p.shape}")
+    if t.size == 0:
+        raise InputError("cannot compute a metric on zero samples")
+    if n_bins < 1:
+        raise InputError(f"n_bins must be at least 1, got {n_bins}")
+    conf = p.max(axis=1)
+    correct = (np.argmax(p, axis=1) == t).astype(np.float64)
+    edges = np.linspace(0.0, 1.0, n_bins + 1)
+    bins = np.clip(np.searchsorted(edges[1:-1], conf, side="left"), 0, n_bins - 1)
+    total = 0.0
+    for b in np.unique(bins):
+        sel = bins == b
+        total += sel.mean() * abs(correct[sel].mean() - conf[sel].mean())
+    return float(total)

@@ -269,6 +269,7 @@ class ZeroShotClassifier:
     model_signature: str = ""
     scoring: str = "softmax"  # the model's rule: softmax over classes, or sigmoid per class (SigLIP)
     logit_bias: float = 0.0
+    temperature: float = 1.0  # probabilities of logits / T; fitted by `calibration.calibrate_temperature`
 
     @classmethod
     def from_prompts(
@@ -307,8 +308,9 @@ class ZeroShotClassifier:
 
     def predict_proba(self, image_embeddings: np.ndarray) -> np.ndarray:
         """(N, C) probabilities by the model's rule: softmax over classes (rows sum to 1) or, for
-        sigmoid models, each class's own probability (rows need not sum to 1)."""
-        logits = self.logits(image_embeddings).astype(np.float64)
+        sigmoid models, each class's own probability (rows need not sum to 1); logits divided by
+        the fitted temperature first."""
+        logits = self.logits(image_embeddings).astype(np.float64) / self.temperature
         if self.scoring == "sigmoid":
             return (1.0 / (1.0 + np.exp(-logits))).astype(np.float32)
         logits -= logits.max(axis=1, keepdims=True)
@@ -339,7 +341,11 @@ class ZeroShotResult:
     def to_frame(self):  # -> pandas.DataFrame
         import pandas as pd
 
+        from napari_clipmed.calibration import confidence_columns
+
         frame = pd.DataFrame(self.probabilities, columns=[f"p({c})" for c in self.classes])
+        for i, (name, values) in enumerate(confidence_columns(self.probabilities).items()):
+            frame.insert(i, name, values)
         frame.insert(0, "predicted", self.predicted)
         if self.ids:
             frame.insert(0, "id", self.ids)

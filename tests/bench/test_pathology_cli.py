@@ -18,8 +18,10 @@ def test_robustness_command_writes_results(tile_root: Path, tmp_path: Path, caps
                  "--severities", "0,4", "--k", "1", "--out", str(out), "--device", "cpu", "--quiet"])
     assert code == 0
     table = pd.read_csv(out / "results.csv")
-    assert len(table) == 2 * 7 and set(table["severity"]) == {0, 4} and set(table["corruption"]) == {"hue"}
-    assert (out / "summary.md").is_file() and len(list((out / "plots").glob("*.png"))) == 7
+    # 7 zero-shot + retrieval metrics and 7 of the gate and selective prediction, per severity
+    assert len(table) == 2 * 14 and set(table["severity"]) == {0, 4} and set(table["corruption"]) == {"hue"}
+    # one plot per metric, and gate_flagged, gated accuracy and the selective curve
+    assert (out / "summary.md").is_file() and len(list((out / "plots").glob("*.png"))) == 7 + 3
     assert "wrote" in capsys.readouterr().out
 
 
@@ -33,7 +35,7 @@ def test_robustness_command_compares_a_checkpoint(tile_root: Path, tmp_path: Pat
                  "--corruptions", "hue", "--severities", "0", "--k", "1", "--out", str(out), "--quiet"])
     assert code == 0
     table = pd.read_csv(out / "results.csv")
-    assert sorted(set(table["model"])) == ["dapt", "tiny-random"] and len(table) == 2 * 7
+    assert sorted(set(table["model"])) == ["dapt", "tiny-random"] and len(table) == 2 * 14
     assert "| dapt |" in (out / "summary.md").read_text()
 
 
@@ -50,7 +52,7 @@ def test_zeroshot_command_scores_a_labelled_tile_set(tile_root: Path, tmp_path: 
     preds = tmp_path / "preds.csv"
     assert main(["zeroshot", "--data", str(tile_root), "--model", "tiny-random", "--out", str(preds), "--quiet"]) == 0
     frame = pd.read_csv(preds)
-    assert list(frame.columns) == ["path", "label", "predicted", "p(cmu_skin)", "p(he_carcinoma)"]
+    assert list(frame.columns) == ["path", "label", "predicted", "probability", "margin", "entropy", "p(cmu_skin)", "p(he_carcinoma)"]
     assert len(frame) == 24
     np.testing.assert_allclose(frame[["p(cmu_skin)", "p(he_carcinoma)"]].sum(axis=1), 1, atol=1e-5)
     printed = dict(line.split(": ") for line in capsys.readouterr().out.splitlines() if line.startswith("zeroshot_"))
@@ -68,7 +70,8 @@ def test_zeroshot_command_on_one_image_needs_classes(tile_root: Path, tmp_path: 
     assert main(["zeroshot", "--data", str(image), "--model", "tiny-random", "--classes", "tumour,stroma,fat",
                  "--out", str(tmp_path / "p.csv"), "--quiet"]) == 0
     frame = pd.read_csv(tmp_path / "p.csv")
-    assert list(frame.columns) == ["path", "predicted", "p(tumour)", "p(stroma)", "p(fat)"] and len(frame) == 1
+    assert list(frame.columns) == ["path", "predicted", "probability", "margin", "entropy",
+                                   "p(tumour)", "p(stroma)", "p(fat)"] and len(frame) == 1
 
 
 def test_retrieve_command_leave_one_out_and_saved_index(tile_root: Path, tmp_path: Path) -> None:

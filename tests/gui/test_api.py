@@ -78,3 +78,16 @@ def test_retrieve_finds_the_identical_tile(viewer: Any, he: Any, tiny_model: Any
     assert frame["similarity"].iloc[0] == pytest.approx(1.0, abs=1e-4)
     assert [layer.name for layer in viewer.layers][-2:] == [f"hits: {frame['query'].iloc[0]}",
                                                            f"hits: {frame['query'].iloc[0]} labels"]
+
+
+def test_quality_gate_outlines_tiles_by_verdict(viewer: Any, he: Any) -> None:
+    from napari_clipmed.pathology.corrupt import corrupt
+
+    blurred = viewer.add_image(corrupt(np.asarray(he.data)[:, :256], "blur", 4.0), name="blurred", rgb=True,
+                               scale=(0.5, 0.5))
+    result = api.quality_gate(viewer, blurred, tile_size=128)
+    layer = viewer.layers[-1]
+    assert layer.name == "blurred quality [128px]" and tuple(layer.scale) == (0.5, 0.5)
+    assert len(layer.features) == len(result.verdict) and not result.verdict.passed.any()
+    assert layer.features["reasons"].str.contains("focus").all()
+    assert np.allclose(layer.edge_color, [0.839, 0.153, 0.157, 1.0], atol=0.01)

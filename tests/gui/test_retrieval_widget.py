@@ -109,7 +109,9 @@ def test_build_query_export(qtbot, widget: RetrievalWidget, gallery: Path, tmp_p
     r0, c0, r1, c1 = hits.loc[1, ["cell_row0", "cell_col0", "cell_row1", "cell_col1"]]
     expected = np.asarray(Image.open(hits["path"].iloc[1]).resize((r1 - r0, c1 - c0), Image.Resampling.BILINEAR))
     assert np.abs(grid_layer.data[r0:r1, c0:c1].astype(int) - expected).mean() < 2
-    pd.testing.assert_frame_equal(labels_layer.features.reset_index(drop=True), hits, check_dtype=False)
+    shown = labels_layer.features.reset_index(drop=True)
+    pd.testing.assert_frame_equal(shown[list(hits.columns)], hits, check_dtype=False)
+    assert {"quality_focus", "quality_passed", "quality_reasons"} <= set(shown.columns)  # the gate on each hit
     assert widget.table.rowCount() == 5 and widget.table.item(0, 1).text() == "skin"
 
     widget.csv_file.value = tmp_path / "hits.csv"

@@ -51,7 +51,7 @@ def test_slide_zeroshot_from_the_widget(viewer: Any, qtbot: Any, tiny_model: Any
     centre = heat[0].data_to_world((2, 3))
     np.testing.assert_allclose(layer.world_to_data(centre), (1119.5, 1567.5), atol=1e-6)
     top = next(lyr for lyr in viewer.layers if lyr.name.endswith("top tiles"))
-    assert {"class", "rank", "probability"} <= set(top.features.columns)
+    assert {"class", "rank", "probability", "quality_passed", "quality_reasons"} <= set(top.features.columns)
     assert any("36 tissue tiles at 0.50 µm/px from level 1" in m for m in notification_messages())
     assert ticks >= 10 and latency < MAX_LATENCY_S, f"the event loop stalled for {latency * 1000:.0f} ms"
 

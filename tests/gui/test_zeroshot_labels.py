@@ -177,3 +177,32 @@ def test_rectangle_mapping_without_viewer() -> None:
     boxes = layers.shapes_to_boxes(shapes, layers.image_snapshot(image))
     # world rows 20..40 -> pixels (20-10)/0.5 .. (40-10)/0.5 = 20..60; world cols 4..12 -> 16..48
     assert boxes.tolist() == [[20, 16, 60, 48], [0, 0, 100, 80]]  # the second is clipped to the image
+
+
+def test_quality_gate_marks_and_skips_failing_tiles(qtbot, widget: ZeroShotLabelsWidget, he) -> None:
+    """Blurred and glass tiles fail the shipped gate: red outline, measures in features, 'uncertain' when skipped."""
+    load_tiny(widget)
+    viewer = widget.viewer
+    blurred = corrupt(he[:256, :256], "blur", 4.0)
+    glass = np.full((256, 256, 3), 245, dtype=np.uint8)
+    image = viewer.add_image(np.concatenate([he[:256, :256], blurred, glass], axis=1), name="mixed", rgb=True)
+    widget.image_layer.value = image
+    widget.mode.value = TILES
+    widget.tile_size.value, widget.stride.value = 128, 128
+    widget.tissue_only.value = False
+    widget.quality_gate.value, widget.skip_failing.value = True, True
+    wait_done(qtbot, widget, widget.run())
+    assert widget.last_error is None, widget.last_error
+    layer = viewer.layers[-1]
+    features = layer.features
+    assert {"quality_focus", "quality_tissue", "quality_passed", "quality_reasons", "abstain_reason"} <= set(features)
+    blurred_tiles = (features["col0"] >= 256) & (features["col0"] < 512)
+    glass_tiles = features["col0"] >= 512
+    assert not features.loc[blurred_tiles, "quality_passed"].any()
+    assert features.loc[blurred_tiles, "quality_reasons"].str.contains("focus").all()
+    assert features.loc[glass_tiles, "quality_reasons"].str.contains("tissue").all()
+    assert (features.loc[~features["quality_passed"], "label"] == "uncertain").all()
+    assert features.loc[~features["quality_passed"], "abstain_reason"].str.startswith("failed the quality gate").all()
+    assert (features.loc[features["quality_passed"], "label"] != "uncertain").all()
+    widths = np.asarray(layer.edge_width)
+    assert widths[~features["quality_passed"].to_numpy()].min() > widths[features["quality_passed"].to_numpy()].max()

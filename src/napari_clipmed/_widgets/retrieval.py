@@ -245,7 +245,7 @@ class RetrievalWidget(ClipmedWidget):
 
         def job() -> Any:  # runs in the worker thread
             result = yield from iter_query(request, model)
-            return result, layers.build_layers(result.to_layer_data(geometry))  # tiles read off the GUI thread
+            return result, layers.build_layers(result.to_layer_data(geometry, quality_gate=True))  # tiles read off the GUI thread
 
         def show(out: tuple[RetrievalResult, list[Any]]) -> None:
             result, built = out

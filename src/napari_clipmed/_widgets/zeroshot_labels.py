@@ -19,6 +19,7 @@ from napari_clipmed._widgets._base import ClipmedWidget, notify_info
 from napari_clipmed.errors import ClipmedError, InputError
 from napari_clipmed.ops.layerdata import class_colors
 from napari_clipmed.ops.zeroshot import RECTANGLES, TILES, ZeroShotLabels, ZeroShotRequest, iter_run
+from napari_clipmed.progress import Progress
 from napari_clipmed.zeroshot import PromptSet, format_classes, list_presets, parse_classes
 
 if TYPE_CHECKING:
@@ -60,13 +61,19 @@ class ZeroShotLabelsWidget(ClipmedWidget):
         self.stride = SpinBox(label="stride (px)", value=224, min=8, max=8192)
         self.tissue_only = CheckBox(label="tissue tiles only", value=True)
         self.shapes_layer = self.layer_combo("rectangles", _is_shapes)
+        self.quality_gate = CheckBox(label="mark tiles failing the quality gate", value=True,
+                                     tooltip="focus, resolution, ink, exposure, saturation, tissue (docs/quality.md); "
+                                     "failing tiles get a thick red outline, their measures go in the features")
+        self.skip_failing = CheckBox(label="skip failing tiles", value=False,
+                                     tooltip="leave tiles that fail the gate unlabelled ('uncertain'), saying why")
         # whole slides: tiles are read from the file at this magnification (see layers.is_slide_layer)
         self.target_mpp = FloatSpinBox(label="slide tiles (µm/px)", value=0.5, min=0.05, max=50.0, step=0.05)
         self.slide_mpp = FloatSpinBox(label="slide µm/px (0: file)", value=0.0, min=0.0, max=50.0, step=0.01,
                                       tooltip="the slide's own pixel size, when its file does not say")
         self.form.extend(
             [self.image_layer, self.preset, self.classes, self.templates, self.mode, self.tile_size, self.stride,
-             self.tissue_only, self.shapes_layer, self.target_mpp, self.slide_mpp]
+             self.tissue_only, self.shapes_layer, self.target_mpp, self.slide_mpp, self.quality_gate,
+             self.skip_failing]
         )
         self.legend = QLabel("")
         self.legend.setWordWrap(True)
@@ -134,7 +141,8 @@ class ZeroShotLabelsWidget(ClipmedWidget):
                 raise InputError("add a Shapes layer and draw rectangles on the image, or run on tiles")
             boxes = layers.shapes_to_boxes(shapes, source)
         return ZeroShotRequest(source, prompts, boxes, tile_size=int(self.tile_size.value),
-                               stride=int(self.stride.value), tissue_only=bool(self.tissue_only.value))
+                               stride=int(self.stride.value), tissue_only=bool(self.tissue_only.value),
+                               quality_gate=bool(self.quality_gate.value), skip_failing=bool(self.skip_failing.value))
 
     def run(self) -> object | None:
         """Classify tiles (or the drawn rectangles) of the chosen image in a worker; add one Shapes layer."""
@@ -151,6 +159,9 @@ class ZeroShotLabelsWidget(ClipmedWidget):
 
         def show(result: ZeroShotLabels) -> None:
             layers.add_layers(self.viewer, result.to_layer_data(request.source.geometry))
+            note = result.quality_note()
+            if note:
+                notify_info(note)
             self._update_legend()
 
         return self.run_job(lambda: iter_run(request, model), show,
@@ -170,9 +181,29 @@ class ZeroShotLabelsWidget(ClipmedWidget):
         request = SlideZeroShotRequest(layer.metadata["path"], prompts, tiling)
         geometry = layers.slide_geometry(layer)
 
-        def show(result: Any) -> None:
-            layers.add_layers(self.viewer, result.to_layer_data(geometry))
+        use_gate, skip = bool(self.quality_gate.value) or bool(self.skip_failing.value), bool(self.skip_failing.value)
+
+        def job() -> Any:  # worker thread: the slide, then the gate on its top tiles
+            from napari_clipmed.ops.qc import gate_slide_top_tiles
+
+            result = yield from iter_slide(request, model)
+            verdict = None
+            if use_gate:
+                yield Progress(0, 1, "checking the quality of the top tiles")
+                verdict = gate_slide_top_tiles(result)
+            return result, verdict
+
+        def show(outcome: tuple) -> None:
+            from napari_clipmed.ops.qc import mark_layer_data
+
+            result, verdict = outcome
+            layer_data = result.to_layer_data(geometry)
+            if isinstance(verdict, str):
+                notify_info(f"quality gate not applied: {verdict}")
+            elif verdict is not None:
+                layer_data = mark_layer_data(layer_data, verdict, skip_failing=skip)
+            layers.add_layers(self.viewer, layer_data)
             notify_info(f"'{layer.name}': {result.grid.describe()}; slide class (top-{result.top_j} mean): "
                         f"{result.slide_scores()['predicted']}")
 
-        return self.run_job(lambda: iter_slide(request, model), show, description=f"slide '{layer.name}': finding tissue ...")
+        return self.run_job(job, show, description=f"slide '{layer.name}': finding tissue ...")

@@ -105,7 +105,50 @@ def plot_metric(frame: pd.DataFrame, metric: str, path: str | os.PathLike) -> Pa
     return Path(path)
 
 
+SELECTIVE_PREFIX = "selective_accuracy@cov"  # bench/trust.py: one curve, plotted together
+
+
 def write_plots(frame: pd.DataFrame, folder: str | os.PathLike) -> list[Path]:
-    """`folder/<metric>.png` for every metric in the tidy frame."""
+    """`folder/<metric>.png` for every metric in the tidy frame; the selective-accuracy points as one curve plot."""
     folder = Path(folder)
-    return [plot_metric(frame, m, folder / f"{metric_filename(m)}.png") for m in dict.fromkeys(frame["metric"])]
+    metrics = [m for m in dict.fromkeys(frame["metric"]) if not m.startswith(SELECTIVE_PREFIX)]
+    paths = [plot_metric(frame, m, folder / f"{metric_filename(m)}.png") for m in metrics]
+    if frame["metric"].str.startswith(SELECTIVE_PREFIX).any():
+        paths.append(plot_selective(frame, folder / "selective_accuracy.png"))
+    return paths
+
+
+def plot_selective(frame: pd.DataFrame, path: str | os.PathLike) -> Path:
+    """Accuracy vs coverage (abstaining on the least confident tiles): a panel per model and corruption,
+    a line per severity."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    from matplotlib.figure import Figure
+
+    sub = frame[frame["metric"].str.startswith(SELECTIVE_PREFIX)].copy()
+    sub["coverage"] = sub["metric"].str.slice(len(SELECTIVE_PREFIX)).astype(float) / 100
+    panels = list(dict.fromkeys(zip(sub["model"], sub["corruption"])))
+    ncols = min(5, len(panels))
+    nrows = math.ceil(len(panels) / ncols)
+    fig = Figure(figsize=(3.0 * ncols, 2.6 * nrows + 0.6), layout="constrained")
+    axes = fig.subplots(nrows, ncols, sharex=True, sharey=True, squeeze=False).ravel()
+    for ax, (model, corruption) in zip(axes, panels):
+        part = sub[(sub["model"] == model) & (sub["corruption"] == corruption)]
+        for severity in sorted(part["severity"].unique()):
+            line = part[part["severity"] == severity].sort_values("coverage")
+            ax.plot(line["coverage"], line["value"], marker="o", label=f"severity {severity}")
+        ax.set_title(f"{model}: {corruption}", fontsize=9)
+        ax.grid(alpha=0.3)
+    for ax in axes[len(panels) :]:
+        ax.set_visible(False)
+    for ax in axes[::ncols]:
+        ax.set_ylabel("accuracy on kept tiles", fontsize=8)
+    for ax in axes[-ncols:]:
+        ax.set_xlabel("coverage (share kept)")
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="outside lower center", ncols=min(len(labels), 5), fontsize=8)
+    fig.suptitle("selective accuracy: abstaining on the least confident tiles")
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=100)
+    return Path(path)

@@ -36,6 +36,7 @@ from napari_clipmed.bench.tasks import (
     tileset_prompts,
     zeroshot_scores,
 )
+from napari_clipmed.bench.trust import gate_verdict, trust_metrics
 from napari_clipmed.datasets import TileSet
 from napari_clipmed.errors import InputError
 from napari_clipmed.io.atomic import atomic_dir
@@ -48,6 +49,7 @@ if TYPE_CHECKING:
     import pandas as pd
 
     from napari_clipmed.models.model import ClipModel
+    from napari_clipmed.pathology.gate import Gate
 
 PARTIAL = "results.partial.csv"
 RESULTS = "results.csv"
@@ -77,6 +79,7 @@ class RobustnessConfig:
     weights: dict[str, Path] = field(default_factory=dict)
     store_dir: Path | None = None  # a shared embedding store (`clipmed embed`) used instead of the cache
     precision: str = "auto"  # image tower precision of every model (see models.precision)
+    gate: Path | None = None  # quality gate JSON for the gate metrics; None: the shipped gate
 
     def resolved(self) -> RobustnessConfig:
         """A copy with "all" expanded, "LABEL=PATH" model entries split, and every field checked."""
@@ -132,7 +135,7 @@ class RobustnessConfig:
         return RobustnessConfig(
             models, corr, sev, ks, self.preset, tuple(self.templates) if self.templates else None, int(self.seed),
             self.batch_size, Path(self.out_dir), self.weights_dir, self.cache_dir, self.use_cache, self.device,
-            weights, store_dir=self.store_dir, precision=self.precision,
+            weights, store_dir=self.store_dir, precision=self.precision, gate=self.gate,
         )
 
     def to_dict(self) -> dict[str, object]:
@@ -180,8 +183,11 @@ class RobustnessResult:
 
 def metric_names(ks: Sequence[int]) -> list[str]:
     """The metrics of one condition, in table order."""
+    from napari_clipmed.bench.trust import trust_metric_names
+
     names = ["zeroshot_accuracy", "zeroshot_balanced_accuracy", "zeroshot_f1_weighted"]
-    return names + [f"retrieval_{name}@{k}" for k in ks for name in ("top", "majority", "precision", "map")]
+    retrieval = [f"retrieval_{name}@{k}" for k in ks for name in ("top", "majority", "precision", "map")]
+    return names + retrieval + trust_metric_names()
 
 
 def corruption_seed(seed: int, corruption: str, severity: int) -> int:
@@ -205,7 +211,8 @@ def _read_rows(path: Path) -> list[dict[str, str]]:
     text = path.read_text(encoding="utf-8")
     if not text.endswith("\n"):  # interrupted mid-line: drop the torn line
         text = text[: text.rfind("\n") + 1]
-    return list(csv.DictReader(io.StringIO(text)))
+    rows = list(csv.DictReader(io.StringIO(text)))
+    return [r | {"value": "nan"} if r.get("value") == "" else r for r in rows]  # pandas writes NaN as ""
 
 
 def _complete_conditions(rows: list[dict[str, str]], expected: list[str]) -> dict[Condition, list[dict]]:
@@ -292,6 +299,9 @@ def iter_run_robustness(tileset: TileSet, config: RobustnessConfig) -> ProgressG
     done = 0
     # models first: a missing checkpoint fails before any long work
     models = cfg.load_models()
+    from napari_clipmed.pathology.gate import load_gate
+
+    gate = load_gate(cfg.gate)  # a bad gate file fails before any long work, too
     identities = {name: m.identity for name, m in models.items()}
 
     loaded: LoadedTiles = yield from forward(iter_load_tiles(tileset), 0, total, span=0, prefix="reading tiles: ")
@@ -305,11 +315,13 @@ def iter_run_robustness(tileset: TileSet, config: RobustnessConfig) -> ProgressG
     yield Progress(done, total, f"read {len(tiles)} tiles ({len(loaded.failed)} unreadable)")
 
     with RunFolder(out, "run.json", command="robustness", defer_status=True) as folder:
-        return (yield from _run_locked(folder, cfg, tileset, loaded, prompts, columns, models, identities, done, total))
+        return (yield from _run_locked(folder, cfg, tileset, loaded, prompts, columns, models, identities, gate,
+                                       done, total))
 
 
 def _run_locked(folder: RunFolder, cfg: RobustnessConfig, tileset: TileSet, loaded: LoadedTiles, prompts, columns,
-                models: dict, identities: dict[str, str], done: int, total: int) -> ProgressGenerator[RobustnessResult]:
+                models: dict, identities: dict[str, str], gate: Gate, done: int,
+                total: int) -> ProgressGenerator[RobustnessResult]:
     """The grid under the folder's run lock: reuse finished conditions, compute the rest, write the outputs."""
     from napari_clipmed.models.cache import EmbeddingCache
     from napari_clipmed.zeroshot import ZeroShotClassifier
@@ -318,7 +330,7 @@ def _run_locked(folder: RunFolder, cfg: RobustnessConfig, tileset: TileSet, load
     tiles = loaded.tileset
     n_sev = [s for s in cfg.severities if s > 0]
     expected = metric_names(cfg.ks)
-    fingerprint = _fingerprint(cfg, tiles, repr(prompts))
+    fingerprint = _fingerprint(cfg, tiles, repr(prompts) + json.dumps(gate.to_dict()["measures"]))
     run_path = out / "run.json"
     try:
         previous = json.loads(run_path.read_text()) if run_path.is_file() else {}
@@ -370,11 +382,13 @@ def _run_locked(folder: RunFolder, cfg: RobustnessConfig, tileset: TileSet, load
     y_prompt = columns[tiles.labels]
     computed: list[Condition] = []
 
-    def evaluate(state: _ModelState, emb: np.ndarray) -> dict[str, float]:
+    def evaluate(state: _ModelState, emb: np.ndarray, passed: np.ndarray) -> dict[str, float]:
         values = zeroshot_scores(y_prompt, state.classifier.predict(emb))
         hits = state.index.search(emb, cfg.ks[-1], exclude_self=True, model_id=state.identity)
         values |= {f"retrieval_{k}": v for k, v in retrieval_metrics(tiles.labels, hits.labels, cfg.ks).items()}
-        return values
+        return values | trust_metrics(y_prompt, state.classifier.predict_proba(emb), passed)
+
+    clean_passed = gate_verdict(loaded.images, gate)
 
     states: dict[str, _ModelState] = {}
     for name, model in models.items():
@@ -386,7 +400,7 @@ def _run_locked(folder: RunFolder, cfg: RobustnessConfig, tileset: TileSet, load
         states[name] = state
         clean_todo = [(name, c, 0) for c in cfg.corruptions if (name, c, 0) not in finished] if 0 in cfg.severities else []
         if clean_todo:  # severity 0 is the same clean tiles for every corruption: scored once, one block per corruption
-            values = evaluate(state, emb)
+            values = evaluate(state, emb, clean_passed)
             _append(out / PARTIAL, [r for cond in clean_todo for r in _condition_rows(cond, values, len(tiles))])
             computed += clean_todo
         done += 1
@@ -400,13 +414,14 @@ def _run_locked(folder: RunFolder, cfg: RobustnessConfig, tileset: TileSet, load
                 yield Progress(done, total, f"{corruption} {severity}: already done")
                 continue
             images = corrupt_tiles(loaded.images, corruption, severity, corruption_seed(cfg.seed, corruption, severity))
+            passed = gate_verdict(images, gate)
             done += len(cfg.models) - len(todo)
             for name in todo:
                 cond = (name, corruption, severity)
                 msg = f"{name}: {corruption} severity {severity}"
                 emb = yield from forward(models[name].iter_encode_images(images, batch_size=cfg.batch_size),
                                          done, total, span=0, prefix=f"{msg}: ")
-                _append(out / PARTIAL, _condition_rows(cond, evaluate(states[name], emb), len(tiles)))
+                _append(out / PARTIAL, _condition_rows(cond, evaluate(states[name], emb, passed), len(tiles)))
                 computed.append(cond)
                 done += 1
                 yield Progress(done, total, msg)
@@ -434,7 +449,8 @@ def _finish(folder: RunFolder, cfg: RobustnessConfig, info: dict, failed: list, 
     records = [r for key in keys for r in groups[key]]
     frame = pd.DataFrame(records, columns=report.TIDY_COLUMNS)
     frame = frame.astype({"severity": int, "value": float, "n": int})
-    headline = ["zeroshot_balanced_accuracy", f"retrieval_majority@{cfg.ks[-1]}"]
+    headline = ["zeroshot_balanced_accuracy", f"retrieval_majority@{cfg.ks[-1]}", "gate_flagged",
+                "zeroshot_accuracy_gate_passed"]
     run_info = {"models": ", ".join(dict.fromkeys(k[0] for k in keys)),
                 "corruptions": ", ".join(dict.fromkeys(k[1] for k in keys)),
                 "severities": ", ".join(map(str, sorted({k[2] for k in keys}))), "tiles": info["tiles"]["n_readable"],

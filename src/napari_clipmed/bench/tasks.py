@@ -89,10 +89,14 @@ class ZeroShotEvaluation:
     scores: dict[str, float] = field(default_factory=dict)
 
     def to_frame(self) -> pd.DataFrame:
-        """One row per tile: path[, label], predicted, p(<class>)..."""
+        """One row per tile: path[, label], predicted, probability, margin, entropy, p(<class>)..."""
         import pandas as pd
 
+        from napari_clipmed.calibration import confidence_columns
+
         frame = pd.DataFrame(self.probabilities, columns=[f"p({c})" for c in self.classes])
+        for i, (name, values) in enumerate(confidence_columns(self.probabilities).items()):
+            frame.insert(i, name, values)
         frame.insert(0, "predicted", [self.classes[i] for i in np.argmax(self.probabilities, axis=1)])
         if self.true is not None:
             frame.insert(0, "label", self.true)
@@ -117,11 +121,14 @@ def iter_zeroshot_tiles(
     *,
     batch_size: int = 64,
     cache: EmbeddingCache | None = None,
+    temperature: float = 1.0,
 ) -> ProgressGenerator[ZeroShotEvaluation]:
-    """Classify `tiles` zero-shot; with `columns` (tile class -> prompt column) also score them."""
+    """Classify `tiles` zero-shot (softmax at `temperature`); with `columns` (tile class -> prompt column) also score them."""
+    from dataclasses import replace
+
     from napari_clipmed.zeroshot import ZeroShotClassifier
 
-    classifier = ZeroShotClassifier.from_prompts(model, prompts)
+    classifier = replace(ZeroShotClassifier.from_prompts(model, prompts), temperature=temperature)
     emb = yield from model.iter_encode_images(tiles.images, batch_size=batch_size, cache=cache)
     probs = classifier.predict_proba(emb)
     ts = tiles.tileset

@@ -66,6 +66,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--templates", help="prompt templates separated by ';', each with {}")
     p.add_argument("--split", help="only tiles of this manifest split")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--gate", type=Path, help="quality gate JSON for the gate metrics (default: the shipped gate)")
     p.add_argument("--out", required=True, type=Path, help="output folder")
     _common(p, single=False)
     p.set_defaults(func=_run_robustness)
@@ -79,6 +80,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     group.add_argument("--preset", help="prompt preset name or YAML/JSON file")
     p.add_argument("--templates", help="prompt templates separated by ';', each with {}")
     p.add_argument("--out", required=True, type=Path, help="predictions CSV")
+    from napari_clipmed.commands.quality import add_zeroshot_options
+
+    add_zeroshot_options(p)
     _common(p)
     p.set_defaults(func=_run_zeroshot)
 
@@ -116,7 +120,7 @@ def _run_robustness(args: argparse.Namespace) -> int:
         ks=tuple(args.k), preset=args.preset, templates=_tuple_or_none(_templates(args.templates)), seed=args.seed,
         batch_size=args.batch_size, out_dir=args.out, cache_dir=args.cache_dir,
         weights_dir=Path(args.weights_dir) if args.weights_dir else None,
-        use_cache=not args.no_cache, device=args.device, store_dir=args.store,
+        use_cache=not args.no_cache, device=args.device, store_dir=args.store, gate=args.gate,
         precision=getattr(args, "precision", "auto"),
     )
     printer = CliProgress(args.quiet)
@@ -158,16 +162,22 @@ def _run_zeroshot(args: argparse.Namespace) -> int:
     else:
         raise InputError("these images carry no labels: name the classes with --classes a,b or --preset NAME")
     model = model_from_args(args)
+    from napari_clipmed.commands.quality import ZeroShotTrust
+
     printer = CliProgress(args.quiet)
     try:
+        trust = ZeroShotTrust.from_args(args, model, prompts, printer, _cache(args))
         tiles = run_generator(iter_load_tiles(tileset), printer)
         result = run_generator(iter_zeroshot_tiles(model, tiles, prompts, columns, batch_size=args.batch_size,
-                                                   cache=_cache(args)), printer)
+                                                   cache=_cache(args), temperature=trust.temperature), printer)
+        frame_extra = trust.columns(result.probabilities, result.classes, tiles.images, printer)
     finally:
         printer.close()
     if labelled and result.true is None:
         result.true = list(tiles.tileset.label_names)
     frame = result.to_frame()
+    for name, values in frame_extra.items():
+        frame.insert(frame.columns.get_loc("predicted") + 1 + list(frame_extra).index(name), name, values)
     report.write_csv(frame, args.out)
     for name, value in result.scores.items():
         print(f"{name}: {value:.4f}")

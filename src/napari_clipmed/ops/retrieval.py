@@ -225,17 +225,26 @@ class RetrievalResult:
             raise InputError(f"cannot write {target}: the folder {target.parent} does not exist")
         return write_frame(target, self.to_frame())
 
-    def to_layer_data(self, geometry: Geometry, row: int = 0) -> list[LayerData]:
+    def to_layer_data(self, geometry: Geometry, row: int = 0, quality_gate: bool = False) -> list[LayerData]:
         """The hit grid of query `row` (RGB image) and its rank/label overlay (shapes), placed to the
-        right of the queried image (`geometry.shape` gives its size)."""
+        right of the queried image (`geometry.shape` gives its size). With `quality_gate`, hits that
+        fail the shipped quality gate get a thick red outline and their reasons (docs/quality.md)."""
         frame = hits_frame(self.hits, self.query_names[row], row)
-        grid, kwargs = hits_grid(read_tiles(frame["path"].tolist()), frame)
+        tiles = read_tiles(frame["path"].tolist())
+        grid, kwargs = hits_grid(tiles, frame)
         plane = geometry.last(2)
         width = plane.shape[1] if plane.shape else 0
         right = plane.to_world(np.array([0.0, width * 1.05]))
         kwargs = kwargs | {"scale": plane.scale, "translate": (plane.translate[0], float(right[1]))}
         data, label_kwargs = hits_labels(kwargs["metadata"]["hits"], f"{kwargs['name']} labels")
         label_kwargs |= {"scale": kwargs["scale"], "translate": kwargs["translate"]}
+        if quality_gate and tiles and all(t is not None for t in tiles):
+            from napari_clipmed.ops.qc import gate_images, mark_failing
+
+            try:
+                label_kwargs = mark_failing(label_kwargs, gate_images([t for t in tiles if t is not None]))
+            except InputError:  # tiles too small to measure: shown unmarked
+                pass
         return [(grid, kwargs, "image"), (data, label_kwargs, "shapes")]
 
 

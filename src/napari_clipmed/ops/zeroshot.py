@@ -58,6 +58,8 @@ class ZeroShotRequest:
     tissue_only: bool = True
     min_tissue: float = 0.5
     batch_size: int = 64
+    quality_gate: bool = False  # check every box against the shipped quality gate (docs/quality.md)
+    skip_failing: bool = False  # leave boxes that fail the gate unlabelled ('uncertain'); implies the gate
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "prompts", PromptSet.parse(self.prompts))
@@ -108,6 +110,8 @@ class ZeroShotLabels:
     model: str  # ClipModel.identity
     tile_size: int | None = None
     stride: int | None = None
+    quality: Any = None  # the gate's GateResult per box, or the reason it could not be applied (str); None: no gate
+    skip_failing: bool = False
 
     @property
     def predicted(self) -> list[str]:
@@ -141,7 +145,24 @@ class ZeroShotLabels:
         what = f"{self.mode} {self.tile_size}px" if self.mode == TILES else self.mode
         data, kwargs = zeroshot_shapes(self.boxes, self.classes, self.probabilities, geometry,
                                        name=f"{self.source_name} labels [{what}]", metadata=self.config())
+        if self.quality is not None and not isinstance(self.quality, str):
+            from napari_clipmed.ops.qc import mark_failing
+
+            kwargs = mark_failing(kwargs, self.quality, skip_failing=self.skip_failing)
         return [(data, kwargs, "shapes")]
+
+    def quality_note(self) -> str | None:
+        """One sentence on the quality gate for the user (None when all passed or no gate ran)."""
+        if isinstance(self.quality, str):
+            return f"quality gate not applied: {self.quality}"
+        if self.quality is None:
+            return None
+        failed = int((~self.quality.passed).sum())
+        if not failed:
+            return None
+        return (f"{failed} of {len(self.quality)} tiles failed the quality gate"
+                + (" and were left unlabelled ('uncertain')" if self.skip_failing else " (red outline)")
+                + "; see quality_reasons in the layer's features")
 
 
 def iter_run(request: ZeroShotRequest, model: ClipModel) -> ProgressGenerator[ZeroShotLabels]:
@@ -167,11 +188,21 @@ def iter_run(request: ZeroShotRequest, model: ClipModel) -> ProgressGenerator[Ze
             )
     crops = crop_boxes(source.pixels, boxes, source.offset)
     result = yield from iter_classify_images(model, crops, classifier, batch_size=request.batch_size)
+    quality: Any = None
+    if request.quality_gate or request.skip_failing:
+        from napari_clipmed.ops.qc import gate_images
+
+        yield Progress(0, 1, "checking tile quality")
+        try:
+            quality = gate_images(crops)
+        except InputError as err:  # e.g. rectangles too small to measure: they are labelled, and the user told
+            quality = str(err)
     tiles = request.mode == TILES
     return ZeroShotLabels(
         boxes=np.asarray(boxes, dtype=np.int64), classes=tuple(result.classes), probabilities=result.probabilities,
         prompts=prompts, source_name=source.name, mode=request.mode, model=model.identity,
         tile_size=request.tile_size if tiles else None, stride=request.stride if tiles else None,
+        quality=quality, skip_failing=request.skip_failing,
     )
 
 
