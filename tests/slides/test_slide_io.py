@@ -56,14 +56,16 @@ def test_svs_pixel_size_and_openslide_agree_with_tifffile(slides: dict[str, Path
 def test_slide_without_pixel_size_warns_and_takes_the_users(slides: dict[str, Path]) -> None:
     with pytest.warns(SlideWarning, match="pixel size"):
         slide = open_slide(slides["no_mpp"])
-    assert slide.mpp is None and slide.mpp_source == "none"
-    with pytest.raises(InputError, match="no pixel size"):
-        make_grid(slide)
+    with slide:
+        assert slide.mpp is None and slide.mpp_source == "none"
+        with pytest.raises(InputError, match="no pixel size"):
+            make_grid(slide)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         fixed = open_slide(slides["no_mpp"], mpp=0.5)
-    assert (fixed.mpp, fixed.mpp_source) == (0.5, "user")
-    assert len(make_grid(fixed, 0.5, 224)) == (1000 // 224) ** 2
+    with fixed:
+        assert (fixed.mpp, fixed.mpp_source) == (0.5, "user")
+        assert len(make_grid(fixed, 0.5, 224)) == (1000 // 224) ** 2
     with pytest.warns(SlideWarning):
         (_, kwargs, _) = _reader.read_slide(slides["no_mpp"])[0]
     assert tuple(kwargs["scale"]) == (1.0, 1.0) and kwargs["metadata"]["units"] == "px"

@@ -158,14 +158,22 @@ def open_slide(path: str | os.PathLike[str], mpp: float | None = None, backend: 
     else:
         raise InputError(f"{p.name}: not a slide format this plugin reads (TIFF/SVS/NDPI/MRXS/DICOM/PNG/JPEG)")
     if mpp is not None:
-        return slide.with_mpp(mpp)
+        try:
+            return slide.with_mpp(mpp)
+        except BaseException:  # a bad pixel size: the file is not left open
+            slide.close()
+            raise
     if slide.mpp is None:
-        warnings.warn(
-            f"{p.name} does not say its pixel size; set it (µm per pixel) in the widget's 'slide µm/px' field "
-            "or with --slide-mpp, otherwise sizes are in pixels",
-            SlideWarning,
-            stacklevel=2,
-        )
+        try:
+            warnings.warn(
+                f"{p.name} does not say its pixel size; set it (µm per pixel) in the widget's 'slide µm/px' field "
+                "or with --slide-mpp, otherwise sizes are in pixels",
+                SlideWarning,
+                stacklevel=2,
+            )
+        except BaseException:  # the warning raised as an error: the file is not left open
+            slide.close()
+            raise
     return slide
 
 
