@@ -34,18 +34,12 @@ from napari_clipmed.distributed import (
     worker_model,
 )
 from napari_clipmed.models.registry import ModelSpec
+from napari_clipmed.models.precision import isa_summary
 
 VIT_B16 = ModelSpec(name="vit-b-16-random", arch="ViT-B-16", description="random ViT-B/16 for benchmarks",
                     needs_weights=False, weights_format="none")
 
 
-def _isa_flags() -> str:
-    try:
-        with open("/proc/cpuinfo") as fh:
-            flags = next(line for line in fh if line.startswith("flags")).split(":")[1].split()
-    except (OSError, StopIteration):
-        return "unknown"
-    return " ".join(f for f in flags if f.startswith(("avx", "fma", "amx")))
 
 
 def encode_item(payload: tuple[int, int, int], model) -> dict[str, object]:
@@ -70,7 +64,7 @@ def main() -> None:
     cores = os.cpu_count() or 1
     share = default_torch_threads(args.workers, cores)
     print(f"{args.items} items x {args.images} tiles ({getattr(spec, 'name', spec)}), local:{args.workers}; "
-          f"cpus {cores}, torch threads per worker {share}; ISA: {_isa_flags()}")
+          f"cpus {cores}, torch threads per worker {share}; ISA: {isa_summary()}")
     fn = encode_item
     root = Path(tempfile.mkdtemp(prefix="clipmed-cluster-bench-"))
     try:

@@ -143,14 +143,6 @@ def coarse_to_fine(path: Path, model, config: PatchConfig, k: int, batch_size: i
           f"benchmarks/ct_search_quality.py)")
 
 
-def cpu_flags() -> str:
-    """The CPU's vector ISA flags (what the encoder's GEMMs can use)."""
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return "unknown"
-    flags = next((line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")), [])
-    return " ".join(sorted(f for f in flags if f.startswith(("avx", "fma", "amx")))) or "no avx/fma/amx"
 
 
 def main() -> None:
@@ -178,7 +170,7 @@ def main() -> None:
                                          tokenizer="ViT-B-16"), device=args.device, precision=args.precision)
         config = PatchConfig(size_mm=args.size_mm, stride_mm=args.stride_mm)  # slices: the stride, as the pipeline
         print(f"model {model.spec.arch} (random weights) on {model.device_label}, torch threads "
-              f"{torch.get_num_threads()}; CPU flags: {cpu_flags()}; volume {args.volume.name}; {config.size_mm:g} mm "
+              f"{torch.get_num_threads()}; CPU flags: {isa_summary()}; volume {args.volume.name}; {config.size_mm:g} mm "
               f"patches every {config.stride_mm:g} mm, slices {config.stride_mm:g} mm apart; k {args.k}")
         model.encode_images(np.zeros((2, model.spec.image_size, model.spec.image_size, 3), np.uint8))  # warm-up
         coarse_to_fine(args.volume, model, config, args.k, args.batch_size, args.budget)

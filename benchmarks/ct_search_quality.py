@@ -30,6 +30,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from napari_clipmed.models.precision import isa_summary
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data" / "ct"
@@ -37,14 +38,6 @@ CLASSES = ("lung parenchyma", "soft tissue", "bone")
 TEMPLATE = "a CT patch of {}"
 
 
-def cpu_flags() -> str:
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return "unknown"
-    flags = next((line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")), [])
-    keep = [f for f in flags if f.startswith(("avx", "fma", "amx", "sse4"))]
-    return " ".join(sorted(keep)) or "none of avx/fma/amx/sse4"
 
 
 def train_tiny_ct_clip(out: Path, epochs: int) -> object:
@@ -94,7 +87,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="1 training epoch, chest CT only (a smoke test)")
     args = parser.parse_args()
     torch.manual_seed(0)
-    print(f"CPU flags: {cpu_flags()}; torch threads {torch.get_num_threads()}")
+    print(f"CPU flags: {isa_summary()}; torch threads {torch.get_num_threads()}")
 
     with tempfile.TemporaryDirectory() as tmp:
         model = train_tiny_ct_clip(Path(tmp), 1 if args.quick else args.epochs)

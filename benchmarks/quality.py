@@ -25,17 +25,9 @@ from napari_clipmed.models.loader import load_model
 from napari_clipmed.models.registry import ModelSpec
 from napari_clipmed.pathology.gate import Gate
 from napari_clipmed.pathology.quality import measure
+from napari_clipmed.models.precision import isa_summary
 
 
-def isa_flags() -> str:
-    """The CPU's vector ISA flags (from /proc/cpuinfo), which decide the speed of both paths."""
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return "unknown"
-    flags = next((line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")), [])
-    wanted = ("avx", "avx2", "fma", "avx512f", "avx512_bf16", "avx512_vnni", "amx_bf16", "amx_tile")
-    return " ".join(f for f in wanted if f in flags) or "none of avx/avx2/avx512/amx"
 
 
 def main() -> None:
@@ -53,7 +45,7 @@ def main() -> None:
     gate = Gate.default()
     images = tiles(n)
     print(f"ViT-B/32 (random weights) on {model.device_label}, torch threads {torch.get_num_threads()}, "
-          f"{len(images)} tiles of 224 x 224, CPU ISA: {isa_flags()}")
+          f"{len(images)} tiles of 224 x 224, CPU ISA: {isa_summary()}")
 
     def run_gate(x: np.ndarray) -> object:
         return gate.check(measure(x, batch_size=args.batch_size, device=args.device))

@@ -32,6 +32,7 @@ from sklearn.neighbors import NearestNeighbors
 import torch
 
 from napari_clipmed.retrieval import EmbeddingIndex
+from napari_clipmed.models.precision import isa_summary
 
 
 def _median_latency(fn, queries: np.ndarray) -> float:
@@ -43,13 +44,6 @@ def _median_latency(fn, queries: np.ndarray) -> float:
     return statistics.median(times)
 
 
-def _isa_flags() -> str:
-    try:
-        with open("/proc/cpuinfo") as fh:
-            flags = next(line for line in fh if line.startswith("flags")).split(":")[1].split()
-    except (OSError, StopIteration):
-        return "unknown"
-    return " ".join(f for f in flags if f.startswith(("avx", "fma", "amx", "sse4")))
 
 
 def clustered(n: int, dim: int, centres: int, spread: float, seed: int) -> np.ndarray:
@@ -71,7 +65,7 @@ def approximate(args: argparse.Namespace) -> None:
     rows = rng.choice(args.n, args.queries, replace=False)
     print(f"{args.n} x {args.dim} float32 around {args.centres} centres (spread {args.spread}), k={args.k}, "
           f"{args.queries} leave-one-out queries; cpus {os.cpu_count()}, torch threads {torch.get_num_threads()}; "
-          f"ISA: {_isa_flags()}")
+          f"ISA: {isa_summary()}")
     index = EmbeddingIndex(x)
     t0 = time.perf_counter()
     exact = index.search(x[rows], args.k, query_rows=rows, backend="faiss" if not args.torch_exact else "torch")

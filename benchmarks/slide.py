@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 import tempfile
@@ -29,6 +28,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from napari_clipmed.models.precision import isa_summary
 
 HERE = Path(__file__).resolve()
 PNG = HERE.parents[2] / "shared" / "data" / "pathology" / "he_carcinoma_tiatoolbox.png"
@@ -36,15 +36,6 @@ MPP = 0.25
 TILE = 256
 
 
-def isa_flags() -> str:
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return platform.machine()
-    flags = next((line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")), [])
-    wanted = [f for f in ("sse4_2", "avx", "avx2", "fma", "avx512f", "avx512_bf16", "amx_tile") if f in flags]
-    model = next((line.split(":", 1)[1].strip() for line in text.splitlines() if line.startswith("model name")), "")
-    return f"{model}; {' '.join(wanted)}"
 
 
 def build_slide(path: Path, side: int) -> None:
@@ -84,10 +75,10 @@ def _peak_mb() -> float:
 
 
 def measure_open(path: str) -> dict:
-    import dask.array  # noqa: F401
-    import zarr  # noqa: F401
+    import dask.array
+    import zarr
 
-    import napari_clipmed._reader  # noqa: F401  (imports outside the timing)
+    import napari_clipmed._reader
 
     base = _peak_mb()
     t0 = time.perf_counter()
@@ -127,8 +118,8 @@ def measure_tiler(path: str, mode: str, limit: int) -> dict:
 
 
 def measure_zeroshot(path: str, limit: int) -> dict:
-    import dask.array  # noqa: F401  (imports outside the timing)
-    import zarr  # noqa: F401
+    import dask.array
+    import zarr
 
     from napari_clipmed.io.slide import open_slide
     from napari_clipmed.models.loader import load_model
@@ -191,7 +182,7 @@ def main() -> None:
         return
     big, small = (8_192, 2_048) if args.quick else (args.big, args.small)
     args.folder.mkdir(parents=True, exist_ok=True)
-    print(f"CPU: {isa_flags()}; {os.cpu_count()} cpus; load {os.getloadavg()[0]:.2f}")
+    print(f"CPU: {isa_summary()}; {os.cpu_count()} cpus; load {os.getloadavg()[0]:.2f}")
     paths = {}
     for side in (big, small):
         path = args.folder / f"he_{side}.tif"
