@@ -75,10 +75,10 @@ def _peak_mb() -> float:
 
 
 def measure_open(path: str) -> dict:
-    import dask.array
-    import zarr
+    import dask.array  # noqa: F401
+    import zarr  # noqa: F401
 
-    import napari_clipmed._reader
+    import napari_clipmed._reader  # noqa: F401  (imports outside the timing)
 
     base = _peak_mb()
     t0 = time.perf_counter()
@@ -118,8 +118,8 @@ def measure_tiler(path: str, mode: str, limit: int) -> dict:
 
 
 def measure_zeroshot(path: str, limit: int) -> dict:
-    import dask.array
-    import zarr
+    import dask.array  # noqa: F401  (imports outside the timing)
+    import zarr  # noqa: F401
 
     from napari_clipmed.io.slide import open_slide
     from napari_clipmed.models.loader import load_model
