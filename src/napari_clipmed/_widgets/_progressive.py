@@ -14,7 +14,8 @@ from typing import Any
 
 from qtpy.QtCore import QTimer
 
-LayerData = tuple[Any, dict[str, Any], str]  # (data, kwargs, "image" | "shapes" | "labels")
+from napari_clipmed.ops.layerdata import LayerData
+
 
 
 class ProgressiveLayers:

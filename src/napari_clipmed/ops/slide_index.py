@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from napari_clipmed.ops.layerdata import LayerData
 from napari_clipmed.errors import InputError
 from napari_clipmed.io.slide import open_slide, slide_stem
 from napari_clipmed.ops.slide_common import (
@@ -34,7 +35,6 @@ from napari_clipmed.retrieval import EmbeddingIndex
 if TYPE_CHECKING:
     import pandas as pd
 
-LayerData = tuple[Any, dict[str, Any], str]
 DONE_FILE = "config.json"  # written last: its presence marks a finished slide
 
 

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from napari_clipmed.ops.layerdata import LayerData
 from napari_clipmed.errors import InputError
 from napari_clipmed.ops.slide_common import (
     SlideTiling,
@@ -36,7 +37,6 @@ from napari_clipmed.progress import Progress, ProgressGenerator, run_generator
 if TYPE_CHECKING:
     import pandas as pd
 
-LayerData = tuple[Any, dict[str, Any], str]
 
 
 def heat_colormap(index: int, name: str) -> dict[str, Any]:
