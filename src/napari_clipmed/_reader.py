@@ -181,7 +181,9 @@ def read_slide(path: str | os.PathLike[str], mpp: float | None = None) -> list[L
         "units": "µm" if slide.mpp is not None else "px",
     }
     data = list(slide.levels)
-    weakref.finalize(data[0], slide.close)  # the file stays open while the layer's arrays live
+    # The file stays open while the layer's arrays live. The finalizer holds only the closer: the
+    # slide itself holds its levels, so a finalizer on `slide.close` kept data[0] alive and never ran.
+    weakref.finalize(data[0], slide._close)
     kwargs: dict[str, Any] = {
         "name": slide.name,
         "rgb": True,
