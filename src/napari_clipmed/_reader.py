@@ -39,12 +39,14 @@ def get_reader(path: str | os.PathLike[str] | list[str]) -> ReaderFunction | Non
         path = path[0]
     p = Path(path)
     if p.is_dir():
+        if _has_dicom_file(p, wsi=True):
+            return read_slide  # a DICOM whole-slide image, not a CT series
         return read_dicom_folder if _has_dicom_file(p) and _dicom_series_ids(p) else None
     suffix = _suffix(p)
     if suffix in CT_SUFFIXES:
         return read_ct_file
     if suffix == ".dcm" or (p.is_file() and _is_dicom(p)):
-        return read_dicom_file
+        return read_slide if _is_dicom(p, wsi=True) else read_dicom_file
     if suffix in VENDOR_SUFFIXES:
         return read_slide  # a damaged vendor file gets our clear message rather than another reader's
     if suffix in SLIDE_SUFFIXES and _is_rgb_tiff(p):
@@ -109,23 +111,30 @@ def _read_ct(path: Path, series_id: str | None = None) -> Any:
     return read_ct(path, series_id=series_id) if series_id else read_ct(path)
 
 
-def _is_dicom(path: str | os.PathLike[str]) -> bool:
-    """True when the file carries the DICOM preamble ('DICM' at byte 128)."""
+WSI_SOP_CLASS = b"1.2.840.10008.5.1.4.1.1.77.1.6"  # VL Whole Slide Microscopy Image Storage
+
+
+def _is_dicom(path: str | os.PathLike[str], wsi: bool = False) -> bool:
+    """True when the file carries the DICOM preamble ('DICM' at byte 128); with `wsi`, and is a slide instance.
+
+    A whole-slide instance names its SOP class in the file meta header (MediaStorageSOPClassUID),
+    within the first few hundred bytes, so no DICOM parser is needed to tell it from a CT slice.
+    """
     try:
         with open(path, "rb") as fh:
-            fh.seek(128)
-            return fh.read(4) == b"DICM"
+            head = fh.read(4096 if wsi else 132)
     except OSError:
         return False
+    return head[128:132] == b"DICM" and (not wsi or WSI_SOP_CLASS in head)
 
 
-def _has_dicom_file(folder: Path, limit: int = 64) -> bool:
-    """Cheap check before GDCM scans a folder: one of its first files is DICOM."""
+def _has_dicom_file(folder: Path, limit: int = 64, wsi: bool = False) -> bool:
+    """Cheap check before GDCM scans a folder: one of its first files is DICOM (with `wsi`, a slide instance)."""
     with os.scandir(folder) as entries:
         for i, entry in enumerate(entries):
             if i >= limit:
                 break
-            if entry.is_file() and _is_dicom(entry.path):
+            if entry.is_file() and _is_dicom(entry.path, wsi=wsi):
                 return True
     return False
 
@@ -181,7 +190,9 @@ def read_slide(path: str | os.PathLike[str], mpp: float | None = None) -> list[L
         "units": "µm" if slide.mpp is not None else "px",
     }
     data = list(slide.levels)
-    weakref.finalize(data[0], slide.close)  # the file stays open while the layer's arrays live
+    # The file stays open while the layer's arrays live. The finalizer holds only the closer: the
+    # slide itself holds its levels, so a finalizer on `slide.close` kept data[0] alive and never ran.
+    weakref.finalize(data[0], slide._close)
     kwargs: dict[str, Any] = {
         "name": slide.name,
         "rgb": True,

@@ -458,7 +458,8 @@ def _lazy_levels(shapes: Sequence[tuple[int, int]], read: RegionReader) -> tuple
 def _is_dicom_folder(p: Path) -> bool:
     if not p.is_dir():
         return False
-    return any(e.name.lower().endswith(".dcm") for e in os.scandir(p))
+    with os.scandir(p) as entries:  # closed even when any() stops early (an open iterator is a ResourceWarning)
+        return any(e.name.lower().endswith(".dcm") for e in entries)
 
 
 def _open_dicom(p: Path) -> Slide:
