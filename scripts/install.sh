@@ -20,4 +20,9 @@ if [ ! -x .venv/bin/python ]; then "$PYTHON" -m venv .venv; fi
 .venv/bin/python -m pip install -q --upgrade pip
 # torch 2.14.1 pairs with torchvision 0.29.1 (open_clip needs torchvision).
 .venv/bin/python -m pip install -q "torch==2.14.1" "torchvision==0.29.1" -e ".[test,slides,cluster,models]"
+# For the DICOM WSI tests only: wsidicomizer (which writes a DICOM WSI from the sample) pins an older
+# wsidicom than the one the plugin reads with, so it lives in its own folder, used by the test in a subprocess.
+.venv/bin/python -m pip install -q --no-deps --upgrade --target .venv/wsidicomizer \
+  wsidicomizer==0.26.1 wsidicom==0.31.0 opentile==0.22.0 tiffslide==3.0.1 czifile==2019.7.2.3 PyTurboJPEG==1.8.3 \
+  defusedxml==0.7.1 xsdata==26.10 ome-types==0.7.0 marshmallow==3.26.2 dicomweb-client==0.59.3 universal_pathlib==0.2.6
 echo "installed: $(.venv/bin/python -c 'import napari_clipmed, torch, open_clip, napari; print("napari-clipmed", napari_clipmed.__version__, "| torch", torch.__version__, "| open_clip", open_clip.__version__, "| napari", napari.__version__)')"

@@ -14,7 +14,8 @@ with the current environment when wsidicomizer imports there, otherwise with
         tiffslide==3.0.1 czifile==2019.7.2.3 PyTurboJPEG==1.8.3 defusedxml==0.7.1 xsdata==26.10 \
         ome-types==0.7.0 marshmallow==3.26.2 dicomweb-client==0.59.3 universal_pathlib==0.2.6
 
-The reading side is always this environment's wsidicom. Without either, the tests are skipped.
+`scripts/install.sh` makes that folder as `.venv/wsidicomizer`, the default. The reading side is
+always this environment's wsidicom. Without either, the tests are skipped.
 (The tiffslide source is used because opentile's needs the libturbojpeg shared library.)
 """
 
@@ -55,7 +56,8 @@ def dicom_wsi(tmp_path_factory: pytest.TempPathFactory, he_png: np.ndarray) -> t
     source, folder = root / "carcinoma.tif", root / "carcinoma_dicom"
     write_pyramid(source, he_png, levels=3)
     env = dict(os.environ)
-    extra = os.environ.get("CLIPMED_WSIDICOMIZER_PATH")
+    default = Path(__file__).resolve().parents[2] / ".venv" / "wsidicomizer"
+    extra = os.environ.get("CLIPMED_WSIDICOMIZER_PATH") or (str(default) if default.is_dir() else None)
     if extra:
         env["PYTHONPATH"] = os.pathsep.join(p for p in (extra, env.get("PYTHONPATH", "")) if p)
     done = subprocess.run(
