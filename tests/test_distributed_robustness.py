@@ -38,6 +38,14 @@ def client():
         yield c
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _no_plots():
+    """The plots (about a second each, 13 per run) are not what these tests compare: results.csv is."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr("napari_clipmed.bench.report.write_plots", lambda frame, folder: [])
+        yield
+
+
 @pytest.fixture(scope="module")
 def he() -> np.ndarray:
     return np.asarray(Image.open(HE).convert("RGB"))
@@ -112,7 +120,11 @@ def test_robustness_on_the_cluster_equals_the_in_process_run(client, tile_folder
                                           for c in ("markup", "blur") for s in (1, 2))}
     assert not (tmp_path / "remote" / "results.partial.csv").exists()
 
-    # the grid extended by one corruption: finished conditions reused, only the new ones computed
+
+def test_an_extended_grid_on_the_cluster_reuses_the_finished_conditions(client, tile_folder: Path,
+                                                                        tmp_path: Path) -> None:
+    tileset = load_tileset(tile_folder)
+    run_robustness(tileset, _robustness_config(tmp_path / "remote"), client=client, chunk_size=5)
     more = run_robustness(tileset, _robustness_config(tmp_path / "remote", ("markup", "blur", "brightness")),
                           client=client, chunk_size=5)
     assert sorted(more.computed) == [("tiny-random", "brightness", s) for s in (0, 1, 2)]
