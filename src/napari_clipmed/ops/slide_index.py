@@ -6,7 +6,8 @@ config.json last). A resumed run loads the slides already done instead of encodi
 Dask client (`iter_run(..., client=)`, `iter_run_on_cluster`) each slide is one task of
 `distributed.iter_run_items` and lands in `<out>/items/<slide>/slide/`; the gallery is built from those.
 A query is any level-0 rectangle of a slide (drawn at whatever zoom): it is read at the index's
-magnification, embedded, and matched against every tile; hits come back as boxes on their slides and as a grid of the hit tiles.
+magnification, embedded, and matched against every tile; hits come back as boxes on their slides
+and as a grid of the hit tiles.
 """
 
 from __future__ import annotations
