@@ -11,6 +11,10 @@ Clean embeddings are computed once per model (and kept in the embedding cache). 
 same folder skips finished conditions. Only a complete run writes ``results.csv`` (tidy: model,
 corruption, severity, metric, value, n), ``summary.md`` and ``plots/<metric>.png``, and removes
 the partial file. ``run.json`` records the configuration next to the results.
+
+With a Dask client (`client=`, `clipmed robustness --cluster`) the encoding runs on the workers: one task per
+model and chunk of tiles, covering every condition still to compute (`bench.robustness_items`; outputs in
+``OUT/cluster/``, resumable). The metrics are computed here from the assembled embeddings, as in-process.
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ import io
 import json
 import os
 import zlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -38,7 +42,7 @@ from napari_clipmed.bench.tasks import (
 )
 from napari_clipmed.bench.trust import gate_verdict, trust_metrics
 from napari_clipmed.datasets import TileSet
-from napari_clipmed.errors import InputError
+from napari_clipmed.errors import ClipmedError, InputError
 from napari_clipmed.io.atomic import atomic_dir
 from napari_clipmed.io.runfolder import RunFolder, defer_interrupts
 from napari_clipmed.metrics import retrieval_metrics
@@ -47,7 +51,9 @@ from napari_clipmed.retrieval import EmbeddingIndex
 
 if TYPE_CHECKING:
     import pandas as pd
+    from distributed import Client
 
+    from napari_clipmed.distributed import RunItemsResult
     from napari_clipmed.models.model import ClipModel
     from napari_clipmed.pathology.gate import Gate
 
@@ -250,18 +256,40 @@ def _append(path: Path, rows: list[dict]) -> None:
 
 
 # ----------------------------------------------------------------------------- the run
-def corrupt_tiles(images: Sequence[np.ndarray], corruption: str, severity: int, seed: int) -> list[np.ndarray]:
-    """Corrupt a list of tiles that may differ in size: one batch per tile shape, order kept."""
+def corrupt_tiles(images: Sequence[np.ndarray], corruption: str, severity: int, seed: int, first: int = 0,
+                  shapes: Sequence[tuple[int, ...]] | None = None) -> list[np.ndarray]:
+    """Corrupt a list of tiles that may differ in size: one batch per tile shape, order kept.
+
+    The tiles of one shape are one batch seeded ``SeedSequence([seed, g])`` (g: the shape's order of first
+    appearance), so tile j of that shape gets markup ink from child j. `first` and `shapes` corrupt a slice
+    of a larger tile set exactly as the whole set would be: `images` are its tiles first, first+1, ...,
+    and `shapes` is the shape of every tile of the whole set (default: `first` tiles shaped like
+    ``images[0]``, then `images`; give `shapes` when the set mixes tile sizes).
+    """
     from napari_clipmed.pathology.corrupt import corrupt
 
-    groups: dict[tuple[int, ...], list[int]] = {}
-    for i, image in enumerate(images):
-        groups.setdefault(image.shape, []).append(i)
+    own = [tuple(image.shape) for image in images]
+    if isinstance(first, bool) or not isinstance(first, (int, np.integer)) or first < 0:
+        raise InputError(f"first (the tiles' offset in the tile set) must be a whole number >= 0; got {first!r}")
+    whole = [tuple(s) for s in shapes] if shapes is not None else own[:1] * first + own
+    if whole[first : first + len(own)] != own:
+        raise InputError(f"shapes do not describe these tiles: tiles {first}..{first + len(own) - 1} of the set "
+                         "have other shapes")
+    group_of: dict[tuple[int, ...], int] = {}
+    seen: dict[tuple[int, ...], int] = {}  # tiles of each shape before the current one
+    members: dict[tuple[int, ...], list[int]] = {}  # shape -> indices into `images`
+    offset: dict[tuple[int, ...], int] = {}  # shape -> position of its first member among the set's tiles of that shape
+    for i, shape in enumerate(whole[: first + len(own)]):
+        group_of.setdefault(shape, len(group_of))
+        if i >= first:
+            offset.setdefault(shape, seen.get(shape, 0))
+            members.setdefault(shape, []).append(i - first)
+        seen[shape] = seen.get(shape, 0) + 1
     out: list[np.ndarray] = [np.empty(0)] * len(images)
-    for g, members in enumerate(groups.values()):
-        batch = corrupt(np.stack([images[i] for i in members]), corruption, severity,
-                        seed=np.random.SeedSequence([seed, g]))
-        for i, image in zip(members, batch):
+    for shape, idx in members.items():  # a shape's members are consecutive among its tiles: one batch
+        batch = corrupt(np.stack([images[i] for i in idx]), corruption, severity,
+                        seed=np.random.SeedSequence([seed, group_of[shape]]), first=offset[shape])
+        for i, image in zip(idx, batch):
             out[i] = image
     return out
 
@@ -288,8 +316,16 @@ def _condition_rows(cond: Condition, values: dict[str, float], n: int) -> list[d
             for m, v in values.items()]
 
 
-def iter_run_robustness(tileset: TileSet, config: RobustnessConfig) -> ProgressGenerator[RobustnessResult]:
-    """Run the grid (see module docstring); yields `Progress` per condition and returns the result."""
+def iter_run_robustness(tileset: TileSet, config: RobustnessConfig, *, client: Client | None = None,
+                        chunk_size: int = 256) -> ProgressGenerator[RobustnessResult]:
+    """Run the grid (see module docstring); yields `Progress` per condition and returns the result.
+
+    With a Dask `client`, each model's tiles are encoded on the workers in chunks of `chunk_size` tiles, every
+    condition still to compute in one task per chunk (`bench.robustness_items`); the metrics are computed here
+    from the assembled embeddings, as in-process, so the results are the same.
+    """
+    if client is not None and (isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1):
+        raise InputError(f"chunk_size (tiles per task) must be a whole number of at least 1, got {chunk_size!r}")
     cfg = config.resolved()
     tileset.require_classes(2, "the robustness benchmark (zero-shot classification)")
     prompts, columns = tileset_prompts(tileset.class_names, cfg.preset, cfg.templates)
@@ -316,12 +352,12 @@ def iter_run_robustness(tileset: TileSet, config: RobustnessConfig) -> ProgressG
 
     with RunFolder(out, "run.json", command="robustness", defer_status=True) as folder:
         return (yield from _run_locked(folder, cfg, tileset, loaded, prompts, columns, models, identities, gate,
-                                       done, total))
+                                       done, total, client, chunk_size))
 
 
 def _run_locked(folder: RunFolder, cfg: RobustnessConfig, tileset: TileSet, loaded: LoadedTiles, prompts, columns,
                 models: dict, identities: dict[str, str], gate: Gate, done: int,
-                total: int) -> ProgressGenerator[RobustnessResult]:
+                total: int, client: Client | None = None, chunk_size: int = 256) -> ProgressGenerator[RobustnessResult]:
     """The grid under the folder's run lock: reuse finished conditions, compute the rest, write the outputs."""
     from napari_clipmed.models.cache import EmbeddingCache
     from napari_clipmed.zeroshot import ZeroShotClassifier
@@ -389,6 +425,10 @@ def _run_locked(folder: RunFolder, cfg: RobustnessConfig, tileset: TileSet, load
         return values | trust_metrics(y_prompt, state.classifier.predict_proba(emb), passed)
 
     clean_passed = gate_verdict(loaded.images, gate)
+    if client is not None:
+        computed = yield from _grid_on_cluster(client, cfg, loaded, models, identities, prompts, gate, finished,
+                                               evaluate, clean_passed, done, total, chunk_size)
+        return _finish(folder, cfg, info, loaded.failed, computed, reused, expected)
 
     states: dict[str, _ModelState] = {}
     for name, model in models.items():
@@ -427,6 +467,62 @@ def _run_locked(folder: RunFolder, cfg: RobustnessConfig, tileset: TileSet, load
                 yield Progress(done, total, msg)
 
     return _finish(folder, cfg, info, loaded.failed, computed, reused, expected)
+
+
+def _grid_on_cluster(client: Client, cfg: RobustnessConfig, loaded: LoadedTiles, models: dict[str, ClipModel],
+                     identities: dict[str, str], prompts, gate: Gate, finished: dict,
+                     evaluate: Callable[[_ModelState, np.ndarray, np.ndarray], dict[str, float]],
+                     clean_passed: np.ndarray, done: int, total: int,
+                     chunk_size: int) -> ProgressGenerator[list[Condition]]:
+    """Each model's unfinished conditions: embeddings from the workers (one task per chunk), metrics here."""
+    from napari_clipmed.bench.robustness_items import (
+        describe_failures,
+        items_fingerprint,
+        iter_model_conditions,
+    )
+    from napari_clipmed.zeroshot import ZeroShotClassifier
+
+    out, tiles = cfg.out_dir, loaded.tileset
+    paths = [str(Path(p).resolve()) for p in tiles.paths]
+    shapes = [tuple(image.shape) for image in loaded.images]
+    fingerprint = items_fingerprint(paths, cfg.seed, gate, __version__)
+    n_sev = [s for s in cfg.severities if s > 0]
+    steps = 1 + len(cfg.corruptions) * len(n_sev)  # one model's share of the progress
+    computed: list[Condition] = []
+    failures: dict[str, RunItemsResult] = {}
+    for name, model in models.items():
+        clean_todo = [(name, c, 0) for c in cfg.corruptions if (name, c, 0) not in finished] if 0 in cfg.severities else []
+        todo = [(c, s) for c in cfg.corruptions for s in n_sev if (name, c, s) not in finished]
+        if not clean_todo and not todo:
+            done += steps
+            yield Progress(done, total, f"{name}: already done")
+            continue
+        conditions = [(c, s, corruption_seed(cfg.seed, c, s)) for c, s in todo]
+        chunks = iter_model_conditions(client, out, name, model, paths, shapes, conditions, gate=gate,
+                                       fingerprint=fingerprint, chunk_size=chunk_size, batch_size=cfg.batch_size,
+                                       device=cfg.device)
+        result = yield from forward(chunks, done, total, span=steps)
+        done += steps
+        if result.clean is None:
+            failures[name] = result.run
+            yield Progress(done, total, f"{name}: {len(result.run.failed)} tile chunks failed")
+            continue
+        state = _ModelState(model, identities[name], ZeroShotClassifier.from_prompts(model, prompts),
+                            EmbeddingIndex(result.clean, labels=tiles.labels, model_id=identities[name]))
+        if clean_todo:  # severity 0: the clean tiles, scored once, one block per corruption (as in-process)
+            values = evaluate(state, result.clean, clean_passed)
+            _append(out / PARTIAL, [r for cond in clean_todo for r in _condition_rows(cond, values, len(tiles))])
+            computed += clean_todo
+        for corruption, severity in todo:
+            cond = (name, corruption, severity)
+            values = evaluate(state, result.embeddings[(corruption, severity)], result.passed[(corruption, severity)])
+            _append(out / PARTIAL, _condition_rows(cond, values, len(tiles)))
+            computed.append(cond)
+        yield Progress(done, total, f"{name}: {len(clean_todo) + len(todo)} conditions")
+    if failures:
+        raise ClipmedError(f"{describe_failures(failures)}. The other conditions are in {out / PARTIAL}; rerun the "
+                           "same command to retry (finished chunks are kept)")
+    return computed
 
 
 def _finish(folder: RunFolder, cfg: RobustnessConfig, info: dict, failed: list, computed: list, reused: list,
@@ -471,7 +567,8 @@ def _finish(folder: RunFolder, cfg: RobustnessConfig, info: dict, failed: list, 
 
 
 def run_robustness(
-    tileset: TileSet, config: RobustnessConfig, on_progress: ProgressCallback | None = None
+    tileset: TileSet, config: RobustnessConfig, on_progress: ProgressCallback | None = None, *,
+    client: Client | None = None, chunk_size: int = 256,
 ) -> RobustnessResult:
     """Plain-call twin of `iter_run_robustness`."""
-    return run_generator(iter_run_robustness(tileset, config), on_progress)
+    return run_generator(iter_run_robustness(tileset, config, client=client, chunk_size=chunk_size), on_progress)

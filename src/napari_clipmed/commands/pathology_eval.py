@@ -69,6 +69,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--gate", type=Path, help="quality gate JSON for the gate metrics (default: the shipped gate)")
     p.add_argument("--out", required=True, type=Path, help="output folder")
     _common(p, single=False)
+    from napari_clipmed.commands._cluster import add_cluster_arguments
+
+    add_cluster_arguments(p)
+    p.add_argument("--chunk-size", type=int, default=256,
+                   help="--cluster: tiles per task, each task encodes them under every condition (default 256)")
     p.set_defaults(func=_run_robustness)
 
     p = subparsers.add_parser("zeroshot", help="zero-shot classification of tiles or images",
@@ -109,9 +114,15 @@ def _cache(args: argparse.Namespace):
 def _run_robustness(args: argparse.Namespace) -> int:
     from napari_clipmed.bench.robustness import RobustnessConfig, iter_run_robustness
     from napari_clipmed.datasets import load_tileset
+    from napari_clipmed.distributed import ClusterSpec, cluster_client, require_distributed
     from napari_clipmed.progress import run_generator
 
     preflight(args, out_dir=args.out)
+    if args.cluster:  # a bad spec, a missing Dask or a bad chunk size fails before any work
+        ClusterSpec.parse(args.cluster)
+        require_distributed()
+        if args.chunk_size < 1:
+            raise InputError(f"--chunk-size must be at least 1, got {args.chunk_size}")
     tileset = load_tileset(args.data)
     if args.split:
         tileset = tileset.select_split(args.split)
@@ -123,11 +134,13 @@ def _run_robustness(args: argparse.Namespace) -> int:
         use_cache=not args.no_cache, device=args.device, store_dir=args.store, gate=args.gate,
         precision=getattr(args, "precision", "auto"),
     )
-    printer = CliProgress(args.quiet)
-    try:
-        result = run_generator(iter_run_robustness(tileset, config), printer)
-    finally:
-        printer.close()
+    with cluster_client(args.cluster, torch_threads=args.torch_threads) as client:
+        printer = CliProgress(args.quiet)
+        try:
+            result = run_generator(iter_run_robustness(tileset, config, client=client, chunk_size=args.chunk_size),
+                                   printer)
+        finally:
+            printer.close()
     if result.reused:
         print(f"resumed: {len(result.reused)} conditions reused, {len(result.computed)} computed")
     if result.skipped_images:

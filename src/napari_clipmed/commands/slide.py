@@ -3,6 +3,7 @@
 Every slide is checked (readable, RGB, pixel size known or given) before the model loads, so a bad
 file is one message and nothing is written. Each slide's outputs go to `OUT/<slide>/`, built in a
 temporary folder and renamed into place; a rerun after an interruption skips the finished slides.
+With `--cluster`, each slide is one Dask task and its outputs go to `OUT/items/<slide>/slide/`.
 """
 
 from __future__ import annotations
@@ -146,6 +147,8 @@ def _slide_index(args: argparse.Namespace) -> int:
     request = SlideIndexRequest(tuple(args.slides), _tiling(args), str(args.out))
     query = _parse_query(args.query) if args.query else None
     _check_slides(list(args.slides), args.slide_mpp)
+    if args.cluster:
+        return _slide_index_on_cluster(args, request, query)
     model = _load_model(args)
     printer = CliProgress(args.quiet)
     try:
@@ -161,6 +164,42 @@ def _slide_index(args: argparse.Namespace) -> int:
         write_frame(Path(args.out) / "hits.csv", hits.to_frame())
         print(f"wrote {len(hits.frame)} hits to {Path(args.out) / 'hits.csv'}")
     return 0
+
+
+def _slide_index_on_cluster(args: argparse.Namespace, request: Any, query: Any) -> int:
+    """One item per slide on Dask: embeddings in OUT/items/<slide>/slide/ (resumable), the gallery in OUT/index.npz."""
+    from napari_clipmed.commands._cluster import ItemBar, model_ref_from_args
+    from napari_clipmed.distributed import ClusterSpec, cluster_client, require_distributed
+    from napari_clipmed.ops.slide_index import iter_run_on_cluster
+    from napari_clipmed.progress import run_generator
+
+    ClusterSpec.parse(args.cluster)  # a bad spec or a missing Dask fails before any work
+    require_distributed()
+    ref = model_ref_from_args(args)
+    with cluster_client(args.cluster, torch_threads=args.torch_threads) as client:
+        bar = ItemBar(args.quiet, unit="slide")
+        try:
+            result = run_generator(iter_run_on_cluster(request, ref, client), bar)
+        finally:
+            bar.close()
+    run = result.run
+    assert run is not None  # a cluster run says which slides were computed, reused or failed
+    out = Path(args.out)
+    print(f"{len(run.keys)} slides ({len(run.computed)} done now, {len(run.reused)} already done, "
+          f"{len(run.failed)} failed) in {out / 'items'}")
+    for failure in run.failed:
+        print(f"  failed {failure.key}: {failure.error}")
+    if result.entries:
+        index_path = result.index().save(out / "index.npz")
+        print(f"indexed {len(result.to_frame()):,} tiles of {len(result.entries)} slide(s); gallery: {index_path}")
+    if query is not None and result.entries:
+        from napari_clipmed.io.atomic import write_frame
+
+        slide, box = query
+        hits = result.query(_load_model(args), slide, box, k=args.k)
+        write_frame(out / "hits.csv", hits.to_frame())
+        print(f"wrote {len(hits.frame)} hits to {out / 'hits.csv'}")
+    return 1 if run.failed else 0
 
 
 def _parse_query(text: str) -> tuple[str, tuple[float, float, float, float]]:
@@ -216,4 +255,5 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     _common(p)
     p.add_argument("--query", help="query rectangle SLIDE:y0,x0,y1,x1 in level-0 pixels")
     p.add_argument("--k", type=int, default=12, help="hits per query (default 12)")
+    add_cluster_arguments(p)
     p.set_defaults(func=_slide_index)

@@ -1,11 +1,13 @@
 """Retrieval over whole slides: index one or several slides' tissue tiles, query with a rectangle.
 
-`iter_index_slide` is the per-slide unit (a cluster maps it over slides): the slide's tissue tiles
-at the target magnification are embedded and, with an output folder, saved atomically as
-`<out>/<slide>/` (embeddings.npy, tiles.csv, config.json last). A resumed run loads the slides
-already done instead of encoding them again. A query is any level-0 rectangle of a slide (drawn
-at whatever zoom): it is read at the index's magnification, embedded, and matched against every
-tile; hits come back as boxes on their slides and as a grid of the hit tiles.
+`iter_index_slide` is the per-slide unit: the slide's tissue tiles at the target magnification are
+embedded and, with an output folder, saved atomically as `<out>/<slide>/` (embeddings.npy, tiles.csv,
+config.json last). A resumed run loads the slides already done instead of encoding them again. With a
+Dask client (`iter_run(..., client=)`, `iter_run_on_cluster`) each slide is one task of
+`distributed.iter_run_items` and lands in `<out>/items/<slide>/slide/`; the gallery is built from those.
+A query is any level-0 rectangle of a slide (drawn at whatever zoom): it is read at the index's
+magnification, embedded, and matched against every tile; hits come back as boxes on their slides
+and as a grid of the hit tiles.
 """
 
 from __future__ import annotations
@@ -34,6 +36,10 @@ from napari_clipmed.retrieval import EmbeddingIndex
 
 if TYPE_CHECKING:
     import pandas as pd
+    from distributed import Client
+
+    from napari_clipmed.distributed import ModelRef, RunItemsResult
+    from napari_clipmed.models.model import ClipModel
 
 DONE_FILE = "config.json"  # written last: its presence marks a finished slide
 
@@ -135,10 +141,14 @@ def run_slide(slide: str, tiling: SlideTiling, model: Any, out: str | None = Non
 
 @dataclass(frozen=True)
 class SlideIndexResult:
-    """Every indexed slide's tiles and embeddings, searchable as one gallery."""
+    """Every indexed slide's tiles and embeddings, searchable as one gallery.
+
+    On a cluster, `run` says which slides were computed, reused or failed (`entries` holds the finished ones).
+    """
 
     entries: tuple[SlideEmbeddings, ...]
     tiling: SlideTiling
+    run: RunItemsResult | None = field(default=None, compare=False, repr=False)
 
     def to_frame(self) -> pd.DataFrame:
         """All tiles: slide, tile, grid position, level-0 box, µm, tissue fraction."""
@@ -258,8 +268,14 @@ class SlideHits:
         return layers
 
 
-def iter_run(request: SlideIndexRequest, model: Any) -> ProgressGenerator[SlideIndexResult]:
-    """Index every slide in turn (resuming finished ones from `request.out`)."""
+def iter_run(request: SlideIndexRequest, model: Any, client: Client | None = None) -> ProgressGenerator[SlideIndexResult]:
+    """Index every slide in turn (resuming finished ones from `request.out`); with a Dask `client`, one task per slide.
+
+    On a cluster (`iter_run_on_cluster`), `model` may be a `ModelRef` (loaded once per worker) and `request.out`
+    is required: each slide's outputs land in ``out/items/<slide>/slide/`` as it finishes.
+    """
+    if client is not None:
+        return (yield from iter_run_on_cluster(request, model, client))
     entries = []
     total = len(request.slides)
     for i, slide in enumerate(request.slides):
@@ -268,6 +284,55 @@ def iter_run(request: SlideIndexRequest, model: Any) -> ProgressGenerator[SlideI
         entries.append(entry)
     yield Progress(1000 * total, 1000 * total, f"indexed {sum(len(e.grid) for e in entries):,} tiles of {total} slide(s)")
     return SlideIndexResult(tuple(entries), request.tiling)
+
+
+SLIDE_OUTPUT = "slide"  # a finished item's folder: out/items/<key>/slide/ (a saved SlideEmbeddings)
+
+
+def item_key(slide: str) -> str:
+    """The slide's item key: its file stem, or a file-name-safe form of it plus a short hash of the stem."""
+    import hashlib
+    import re
+
+    stem = slide_stem(slide)
+    if re.match(r"^[A-Za-z0-9_][A-Za-z0-9_.=+-]{0,150}$", stem):
+        return stem
+    safe = re.sub(r"[^A-Za-z0-9_.=+-]", "_", stem)[:120]
+    return f"_{safe}-{hashlib.blake2b(stem.encode(), digest_size=4).hexdigest()}"
+
+
+def item_outputs(payload: tuple[str, SlideTiling], model: Any) -> dict[str, object]:
+    """One slide as an item of `distributed.iter_run_items` (runs on a worker): its embeddings, saved as ``slide/``."""
+    slide, tiling = payload
+    return {SLIDE_OUTPUT: run_slide(slide, tiling, model)}
+
+
+def iter_run_on_cluster(request: SlideIndexRequest, model: ClipModel | ModelRef,
+                        client: Client | None) -> ProgressGenerator[SlideIndexResult]:
+    """One item per slide (`distributed.iter_run_items`; `client` None runs the items here): resumable, a failing
+    slide recorded in ``out/failed/`` while the others go on. The result holds the finished slides in request order.
+    """
+    from dataclasses import replace
+
+    from napari_clipmed.distributed import Item, ModelRef, iter_run_items
+
+    if request.out is None:
+        raise InputError("indexing slides on a cluster needs an output folder (out) for each slide's embeddings")
+    if isinstance(model, ModelRef):
+        model_id = repr((str(model.name), model.weights, model.precision))
+    else:
+        model_id = model.identity
+    fingerprint = json.dumps({"operation": "slide-index", **request.tiling.config(), "model": model_id},
+                             sort_keys=True, default=str)
+    items = [Item(item_key(s), (str(Path(s).resolve()), request.tiling)) for s in request.slides]
+    run = yield from iter_run_items(item_outputs, items, request.out, model=model, client=client, message="slides",
+                                    fingerprint=fingerprint)
+    finished = set(run.finished)
+    entries = tuple(replace(SlideEmbeddings.load(run.item_dir(item.key) / SLIDE_OUTPUT), slide=slide)
+                    for item, slide in zip(items, request.slides) if item.key in finished)
+    tiles = sum(len(e.grid) for e in entries)
+    yield Progress(len(items), len(items), f"indexed {tiles:,} tiles of {len(entries)} slide(s), {len(run.failed)} failed")
+    return SlideIndexResult(entries, request.tiling, run)
 
 
 def _scaled(gen: ProgressGenerator[Any], i: int, total: int) -> ProgressGenerator[Any]:
@@ -280,5 +345,5 @@ def _scaled(gen: ProgressGenerator[Any], i: int, total: int) -> ProgressGenerato
         yield Progress(1000 * i + int(1000 * step.fraction), 1000 * total, f"slide {i + 1}/{total}: {step.message}")
 
 
-def run(request: SlideIndexRequest, model: Any) -> SlideIndexResult:
-    return run_generator(iter_run(request, model))
+def run(request: SlideIndexRequest, model: Any, client: Client | None = None) -> SlideIndexResult:
+    return run_generator(iter_run(request, model, client))

@@ -37,13 +37,18 @@ def corrupt(
     kind: str,
     severity: float,
     seed: int | np.random.SeedSequence | None = None,
+    first: int = 0,
 ) -> ImageT:
     """Corrupt `images` with `kind` at `severity` (0 = unchanged, 1..4 = the study's levels).
 
     Fractional severities interpolate the parameter (`params.parameter_at`). `seed` only
     matters for "markup": image i of a batch gets strokes from `SeedSequence(seed).spawn(N)[i]`,
     so a single image gets the same ink as the first image of a batch; None draws fresh ink.
+    `first` says the batch is images first, first+1, ... of a larger one: image i then gets child
+    first + i, so corrupting a batch in chunks (e.g. one per cluster task) gives the whole batch's ink.
     """
+    if isinstance(first, bool) or not isinstance(first, (int, np.integer)) or first < 0:
+        raise InputError(f"first (the batch's offset in a larger batch) must be a whole number >= 0; got {first!r}")
     spec = get_corruption(kind)
     s = check_severity(severity)
     x, channels_last, batched = _as_batch(images)
@@ -53,7 +58,7 @@ def corrupt(
         return images.copy() if isinstance(images, np.ndarray) else images.clone()
 
     out = torch.empty_like(x, memory_format=torch.contiguous_format)
-    seeds = markup.seed_sequences(seed, n) if spec.name == "markup" else []
+    seeds = markup.seed_sequences(seed, n, int(first)) if spec.name == "markup" else []
     chunk = max(1, min(n, CHUNK_PIXELS // max(1, h * w)))
     work_dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
     top = 255.0 if x.dtype == torch.uint8 else 1.0  # work in the input's own scale: no /255 and *255
