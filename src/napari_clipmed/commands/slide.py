@@ -41,10 +41,6 @@ def _check_slides(paths: list[str], slide_mpp: float | None) -> None:
             raise InputError(f"{Path(path).name} does not say its pixel size; give it with --slide-mpp (µm per pixel)")
 
 
-def _load_model(args: argparse.Namespace) -> Any:
-    return model_from_args(args)
-
-
 def _slide_zeroshot(args: argparse.Namespace) -> int:
     from napari_clipmed.io.atomic import write_frame, write_json
     from napari_clipmed.io.slide import slide_stem
@@ -70,7 +66,7 @@ def _slide_zeroshot(args: argparse.Namespace) -> int:
         if r not in todo:
             print(f"{slide_stem(r.slide)}: already done, skipped")
     if todo:
-        model = _load_model(args)
+        model = model_from_args(args)
         printer = CliProgress(args.quiet)
         try:
             for r in todo:
@@ -149,7 +145,7 @@ def _slide_index(args: argparse.Namespace) -> int:
     _check_slides(list(args.slides), args.slide_mpp)
     if args.cluster:
         return _slide_index_on_cluster(args, request, query)
-    model = _load_model(args)
+    model = model_from_args(args)
     printer = CliProgress(args.quiet)
     try:
         result = run_generator(iter_run(request, model), printer)
@@ -196,7 +192,7 @@ def _slide_index_on_cluster(args: argparse.Namespace, request: Any, query: Any) 
         from napari_clipmed.io.atomic import write_frame
 
         slide, box = query
-        hits = result.query(_load_model(args), slide, box, k=args.k)
+        hits = result.query(model_from_args(args), slide, box, k=args.k)
         write_frame(out / "hits.csv", hits.to_frame())
         print(f"wrote {len(hits.frame)} hits to {out / 'hits.csv'}")
     return 1 if run.failed else 0

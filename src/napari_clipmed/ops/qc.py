@@ -258,14 +258,20 @@ def mark_failing(kwargs: dict[str, Any], verdict: GateResult, skip_failing: bool
     return out
 
 
+def gate_or_reason(images: Sequence[np.ndarray]) -> GateResult | str:
+    """The shipped gate's verdict on `images`, or the reason it could not be applied (e.g. tiles too
+    small to measure): the tiles are still labelled, and the user is told why they are unmarked."""
+    try:
+        return gate_images(images)
+    except InputError as err:
+        return str(err)
+
+
 def gate_slide_top_tiles(result: Any) -> GateResult | str | None:
     """The quality gate on a slide zero-shot result's top tiles (their pixels are in the result), in
     `ranking()` order, or the reason it could not be applied; None when there are no top tiles."""
     tiles = [result.top_tiles[int(t)] for t in result.ranking()["tile"]]
-    try:
-        return gate_images(tiles) if tiles else None
-    except InputError as err:
-        return str(err)
+    return gate_or_reason(tiles) if tiles else None
 
 
 def mark_layer_data(layer_data: Sequence[tuple[Any, dict[str, Any], str]], verdict: GateResult,

@@ -190,13 +190,10 @@ def iter_run(request: ZeroShotRequest, model: ClipModel) -> ProgressGenerator[Ze
     result = yield from iter_classify_images(model, crops, classifier, batch_size=request.batch_size)
     quality: Any = None
     if request.quality_gate or request.skip_failing:
-        from napari_clipmed.ops.qc import gate_images
+        from napari_clipmed.ops.qc import gate_or_reason
 
         yield Progress(0, 1, "checking tile quality")
-        try:
-            quality = gate_images(crops)
-        except InputError as err:  # e.g. rectangles too small to measure: they are labelled, and the user told
-            quality = str(err)
+        quality = gate_or_reason(crops)
     tiles = request.mode == TILES
     return ZeroShotLabels(
         boxes=np.asarray(boxes, dtype=np.int64), classes=tuple(result.classes), probabilities=result.probabilities,
