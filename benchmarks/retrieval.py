@@ -88,7 +88,8 @@ def approximate(args: argparse.Namespace) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--n", type=int, default=100_000, help="gallery size (all-pairs: also the query count)")
+    ap.add_argument("--n", type=int, default=None,
+                    help="gallery size (all-pairs: also the query count); default 100,000, --approximate 1,000,000")
     ap.add_argument("--dim", type=int, default=512)
     ap.add_argument("--k", type=int, default=10)
     ap.add_argument("--single", type=int, default=100, help="queries for our single-query latency")
@@ -108,6 +109,8 @@ def main() -> None:
     ap.add_argument("--torch-exact", action="store_true", help="--approximate: exact ground truth with torch")
     ap.add_argument("--quick", action="store_true", help="small sizes for a smoke test")
     args = ap.parse_args()
+    if args.n is None:
+        args.n = 1_000_000 if args.approximate else 100_000
     if args.approximate:
         if args.quick:
             args.n, args.queries, args.single = min(args.n, 50_000), 200, 50
