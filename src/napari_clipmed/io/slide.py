@@ -25,6 +25,7 @@ import threading
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -62,12 +63,12 @@ class Slide:
     def name(self) -> str:
         return slide_stem(self.path)
 
-    @property
+    @cached_property
     def shapes(self) -> list[tuple[int, int]]:
-        """(H, W) of each level."""
+        """(H, W) of each level (levels never change: computed once, read for every tile)."""
         return [(int(a.shape[0]), int(a.shape[1])) for a in self.levels]
 
-    @property
+    @cached_property
     def downsamples(self) -> list[float]:
         """Level-0 pixels per pixel of each level (mean of the two axes)."""
         h0, w0 = self.shapes[0]
@@ -92,8 +93,14 @@ class Slide:
         if not 0 <= level < len(self.levels):
             raise InputError(f"{self.name} has levels 0..{len(self.levels) - 1}; got level {level}")
         H, W = self.shapes[level]
-        out = np.full((h, w, 3), 255, dtype=np.uint8)
         y0, x0, y1, x1 = max(y, 0), max(x, 0), min(y + h, H), min(x + w, W)
+        if (y0, x0, y1, x1) == (y, x, y + h, x + w):  # inside the level: no white frame to fill and copy into
+            region = self._read(level, y, x, h, w)
+            if isinstance(region, np.ndarray) and region.flags.owndata and region.flags.writeable \
+                    and region.dtype == np.uint8 and region.shape == (h, w, 3):
+                return region  # a fresh array of the reader's own: the caller may keep or change it
+            return np.array(region, dtype=np.uint8, copy=True)
+        out = np.full((h, w, 3), 255, dtype=np.uint8)
         if y1 > y0 and x1 > x0:
             out[y0 - y : y1 - y, x0 - x : x1 - x] = self._read(level, y0, x0, y1 - y0, x1 - x0)
         return out

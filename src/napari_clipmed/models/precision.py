@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import copy
 import math
+import threading
 import time
 import weakref
 from collections.abc import Callable, Iterable
@@ -191,6 +192,7 @@ def _fingerprint(module: nn.Module) -> tuple:
 
 
 _BF16_COPIES: weakref.WeakKeyDictionary[nn.Module, tuple[tuple, nn.Module]] = weakref.WeakKeyDictionary()
+_BF16_LOCK = threading.Lock()
 
 
 def bf16_copy(module: nn.Module) -> nn.Module:
@@ -200,13 +202,14 @@ def bf16_copy(module: nn.Module) -> nn.Module:
     module's memory again, for the image tower only.
     """
     mark = _fingerprint(module)
-    cached = _BF16_COPIES.get(module)
-    if cached is not None and cached[0] == mark:
-        return cached[1]
-    with torch.inference_mode(False), torch.no_grad():
-        clone = copy.deepcopy(module).to(torch.bfloat16).eval().requires_grad_(False)
-    _BF16_COPIES[module] = (mark, clone)
-    return clone
+    with _BF16_LOCK:  # encoding lanes (`models.stream`) ask at once: one copy, made once
+        cached = _BF16_COPIES.get(module)
+        if cached is not None and cached[0] == mark:
+            return cached[1]
+        with torch.inference_mode(False), torch.no_grad():
+            clone = copy.deepcopy(module).to(torch.bfloat16).eval().requires_grad_(False)
+        _BF16_COPIES[module] = (mark, clone)
+        return clone
 
 
 def decide(model: ClipModel, precision: str = "auto", *, flags: Iterable[str] | None = None) -> PrecisionChoice:

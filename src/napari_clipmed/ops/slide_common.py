@@ -2,8 +2,8 @@
 
 `SlideTiling` holds the parameters every slide operation validates the same way; `tile_slide`
 opens the slide, finds its tissue (unless given) and makes the grid; `iter_embed_grid` streams
-the grid's tiles from disk (reader threads run ahead) through the model, yielding progress per
-batch so a cancelled run stops reading.
+the grid's tiles from disk (reader threads run ahead) through the model (on a CPU several batches at
+once, `models.stream`), yielding progress per batch so a cancelled run stops reading.
 """
 
 from __future__ import annotations
@@ -98,15 +98,20 @@ def iter_embed_grid(slide: Slide, grid: TileGrid, model: Any, batch_size: int = 
     out = np.empty((n, model.embed_dim), dtype=np.float32)
     what = grid.describe()
     yield Progress(0, n, what)
-    batches = iter_tile_batches(slide, grid, batch_size)  # a generator: close() stops its readers
+    from napari_clipmed.models.stream import cpu_lanes, iter_encode_batches  # torch: imported when used
+
+    lanes = cpu_lanes(model)  # on a CPU, batches encode side by side so that reading hides behind them
+    batches = iter_tile_batches(slide, grid, batch_size, prefetch=lanes + 1)  # close() stops its readers
+    encoded = iter_encode_batches(model, batches, lanes)
     try:
         done = 0
-        for indices, images in batches:
-            out[indices] = model.encode_images(images, batch_size=len(images))
+        for indices, vectors in encoded:
+            out[indices] = vectors
             done += len(indices)
             yield Progress(done, n, f"{what}: {done:,} encoded")
     finally:
-        batches.close()  # a cancelled run stops the readers here
+        encoded.close()  # a cancelled run drops the batches not started ...
+        batches.close()  # ... and stops the readers here
     return out
 
 
