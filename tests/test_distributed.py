@@ -36,6 +36,7 @@ from napari_clipmed.distributed import (
     ModelRef,
     cluster_client,
     iter_run_items,
+    prune_items,
     run_items,
     torch_friendly_worker_env,
 )
@@ -187,12 +188,23 @@ def test_local_workers_keep_glibcs_adaptive_mmap_threshold(client) -> None:
 
 def test_a_users_own_trim_threshold_is_kept() -> None:
     import dask
+    import distributed  # noqa: F401  (loads its configuration defaults, as cluster_client does)
 
     with dask.config.set({TRIM_KEY: 131072}), torch_friendly_worker_env():
         assert dask.config.get(TRIM_KEY) == 131072
     with torch_friendly_worker_env():
         assert dask.config.get(TRIM_KEY) is None
     assert dask.config.get(TRIM_KEY) == DASK_TRIM_DEFAULT
+
+
+def test_pruning_keeps_the_current_plans_items_only(tmp_path: Path) -> None:
+    run = run_items(square, [Item(f"old{i}", i) for i in range(3)], tmp_path / "run")
+    (tmp_path / "run" / "failed" / "gone.json").write_text("{}")
+    (tmp_path / "run" / "failed" / "old1.json").write_text("{}")
+    removed = prune_items(tmp_path / "run", ["old1", "new0"])
+    assert removed == ["old0", "old2"] and run.finished == ["old0", "old1", "old2"]
+    assert sorted(p.name for p in (tmp_path / "run" / "items").iterdir()) == ["old1"]
+    assert sorted(p.name for p in (tmp_path / "run" / "failed").iterdir()) == ["old1.json"]
 
 
 def test_item_keys_and_cluster_specs_are_checked() -> None:

@@ -129,6 +129,10 @@ def test_an_extended_grid_on_the_cluster_reuses_the_finished_conditions(client, 
                           client=client, chunk_size=5)
     assert sorted(more.computed) == [("tiny-random", "brightness", s) for s in (0, 1, 2)]
     assert len(more.reused) == 6
+    (folder,) = (tmp_path / "remote" / "cluster").iterdir()
+    chunks = sorted(p.name for p in (folder / "items").iterdir())  # the first grid's chunks are gone
+    assert len(chunks) == 3 and len({c.rsplit("-", 1)[1] for c in chunks}) == 1
+    assert all((folder / "items" / c / "emb-brightness-2.npy").is_file() for c in chunks)
     run_robustness(tileset, _robustness_config(tmp_path / "whole", ("markup", "blur", "brightness")))
     _same_results(tmp_path / "whole", tmp_path / "remote")
 

@@ -422,6 +422,24 @@ def iter_run_items(
     return RunItemsResult(out, tuple(i.key for i in items), tuple(computed), reused, tuple(failed), seconds)
 
 
+def prune_items(out_dir: str | os.PathLike[str], keep: Sequence[str]) -> list[str]:
+    """Remove the item folders and failure records of keys not in `keep` (items of an earlier, changed plan).
+
+    Call it only after a run of the current plan has finished every item: what it removes can no longer be reused.
+    Returns the keys removed.
+    """
+    out, wanted = Path(out_dir), set(keep)
+    removed = []
+    for folder in sorted((out / ITEMS).iterdir()) if (out / ITEMS).is_dir() else []:
+        if folder.is_dir() and folder.name not in wanted and not folder.name.startswith("."):
+            shutil.rmtree(folder)
+            removed.append(folder.name)
+    for record in sorted((out / FAILED).glob("*.json")) if (out / FAILED).is_dir() else []:
+        if record.stem not in wanted:
+            record.unlink(missing_ok=True)
+    return removed
+
+
 def _iter_on_cluster(client: Client, fn: Callable, todo: list[Item], out: Path, model: Any,
                      record: Callable[[dict], None], done: int, total: int, message: str,
                      failed: list[ItemFailure]) -> Iterator[Progress]:

@@ -5,8 +5,9 @@ offset, so markup ink is the whole tile set's), encodes the clean and the corrup
 gate on the corrupted ones. It returns ``emb-clean.npy`` and, per condition, ``emb-<corruption>-<severity>.npy``
 (the tiles' embeddings) and ``passed-<corruption>-<severity>.npy`` (the gate's verdicts). `iter_model_conditions`
 maps the items of one model with `distributed.iter_run_items` into ``OUT/cluster/<model>-<hash>/`` (one folder per
-model identity and precision: resumable, a failing chunk recorded while the others go on) and assembles the
-chunks in tile order; `bench.robustness` then computes the metrics exactly as in-process.
+model identity and precision: resumable, a failing chunk recorded while the others go on), assembles the
+chunks in tile order and, once every chunk is done, removes chunks of an earlier grid; `bench.robustness` then
+computes the metrics exactly as in-process.
 """
 
 from __future__ import annotations
@@ -117,7 +118,7 @@ def iter_model_conditions(
     device: str | None = None,
 ) -> ProgressGenerator[ModelConditions]:
     """Run one model's chunks (on `client`'s workers, or in-process without one) and assemble them in tile order."""
-    from napari_clipmed.distributed import Item, ModelRef, iter_run_items
+    from napari_clipmed.distributed import Item, ModelRef, iter_run_items, prune_items
 
     if not isinstance(chunk_size, int) or isinstance(chunk_size, bool) or chunk_size < 1:
         raise InputError(f"chunk_size (tiles per task) must be a whole number of at least 1, got {chunk_size!r}")
@@ -136,6 +137,7 @@ def iter_model_conditions(
                                     model=ref, client=client, message=f"{label}: tile chunks", fingerprint=fingerprint)
     if run.failed:
         return ModelConditions(run)
+    prune_items(run.out_dir, run.keys)  # chunks of an earlier grid (other conditions or chunking): never reused
     clean = np.concatenate(run.read_arrays(f"emb-{CLEAN}"))
     embeddings: dict[tuple[str, int], np.ndarray] = {}
     passed: dict[tuple[str, int], np.ndarray] = {}
