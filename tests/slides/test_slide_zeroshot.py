@@ -115,3 +115,25 @@ def test_failed_run_writes_nothing_and_bad_requests_are_refused(tiny, slides: di
         SlideZeroShotRequest(str(slides["pyramid"]), CLASSES, top_j=0)
     with pytest.raises(InputError, match="at least two classes"):
         SlideZeroShotRequest(str(slides["pyramid"]), ["tumor"])
+
+
+def test_top_tiles_take_the_legends_colours_and_a_failing_tile_turns_red(result) -> None:
+    from dataclasses import replace
+
+    from napari_clipmed.ops.layerdata import class_colors, rgba
+    from napari_clipmed.ops.qc import gate_slide_top_tiles, mark_layer_data
+
+    _, kwargs, kind = result.to_layer_data()[-1]
+    assert kind == "shapes"
+    colours = class_colors(CLASSES)
+    want = np.array([rgba(colours[c], 1.0) for c in kwargs["features"]["class"]])
+    np.testing.assert_allclose(kwargs["edge_color"], want)
+
+    first = int(result.ranking()["tile"].iloc[0])  # made flat: no detail left, the gate must refuse it
+    flat = np.full_like(result.top_tiles[first], 200)
+    damaged = replace(result, top_tiles={**result.top_tiles, first: flat})
+    verdict = gate_slide_top_tiles(damaged)
+    assert not verdict.passed[0] and verdict.passed[1:].all()
+    _, marked, _ = mark_layer_data(damaged.to_layer_data(), verdict)[-1]
+    np.testing.assert_allclose(marked["edge_color"][0], (0.84, 0.15, 0.16, 1.0))
+    np.testing.assert_allclose(marked["edge_color"][1:], want[1:])

@@ -11,12 +11,17 @@ import time
 from collections.abc import Callable, Generator
 from typing import TYPE_CHECKING, Any
 
+import pandas  # noqa: F401  (see below)
 from magicgui.widgets import ComboBox, Container, FileEdit, PushButton
 from qtpy.QtWidgets import QHBoxLayout, QLabel, QProgressBar, QPushButton, QVBoxLayout, QWidget
 
 from napari_clipmed.session import ModelChoice, ModelSession, availability, session_for
 from napari_clipmed.errors import ClipmedError
 from napari_clipmed.progress import Progress
+
+# pandas is imported with the widgets, not first inside a job: its first import builds the DataFrame
+# class while holding the GIL (0.6 s measured), which froze the viewer mid-run when a worker thread
+# (e.g. a slide's ranking of top tiles) was the first to import it.
 
 if TYPE_CHECKING:
     import napari

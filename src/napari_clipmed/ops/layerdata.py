@@ -32,7 +32,8 @@ def class_colors(classes: Sequence[str]) -> dict[str, str]:
     return {name: PALETTE[i % len(PALETTE)] for i, name in enumerate(classes)}
 
 
-def _rgba(hex_colour: str, alpha: float) -> np.ndarray:
+def rgba(hex_colour: str, alpha: float) -> np.ndarray:
+    """RGBA floats in [0, 1] of a ``#RRGGBB`` colour with `alpha`."""
     h = hex_colour.lstrip("#")
     return np.array([int(h[i : i + 2], 16) / 255.0 for i in (0, 2, 4)] + [alpha], dtype=np.float32)
 

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from napari_clipmed.ops.layerdata import LayerData
+from napari_clipmed.ops.layerdata import LayerData, rgba, class_colors
 from napari_clipmed.errors import InputError
 from napari_clipmed.ops.slide_common import (
     SlideTiling,
@@ -181,13 +181,15 @@ class SlideZeroShotResult:
         ranking = self.ranking()
         if len(ranking):
             boxes = ranking[["y0_px", "x0_px", "y1_px", "x1_px"]].to_numpy()
+            colours = class_colors(self.classes)  # the colours of the widget's legend and the tile labels
+            edge = np.array([rgba(colours[str(c)], 1.0) for c in ranking["class"]], dtype=np.float32).reshape(-1, 4)
             kwargs = {
                 "name": f"{self.name}: top tiles",
                 "shape_type": "rectangle",
                 "scale": tuple(float(v) for v in scale),
                 "translate": tuple(float(v) for v in translate),
                 "edge_width": max(2.0, self.grid.side / 40),
-                "edge_color": "class",
+                "edge_color": edge,  # one row per tile, so the quality gate can paint failing ones red
                 "face_color": "transparent",
                 "features": ranking,
                 "text": {"string": "{class} #{rank}", "size": 8, "color": "white", "anchor": "upper_left"},

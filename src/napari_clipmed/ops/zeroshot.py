@@ -16,11 +16,11 @@ from napari_clipmed.ops.geometry import Geometry, SourceImage
 from napari_clipmed.ops.layerdata import (
     FACE_ALPHA,
     LayerData,
-    _rgba,
     boxes_to_rectangles,
     class_colors,
     crop_boxes,
     display_uint8,
+    rgba,
 )
 from napari_clipmed.progress import Progress, ProgressGenerator, run_generator
 from napari_clipmed.zeroshot import PromptSet, PromptSource
@@ -243,7 +243,7 @@ def zeroshot_shapes(
     colours = class_colors(classes)
     face = np.zeros((len(frame), 4), dtype=np.float32)
     for i, label in enumerate(frame["label"]):
-        face[i] = _rgba(colours[str(label)], FACE_ALPHA)
+        face[i] = rgba(colours[str(label)], FACE_ALPHA)
     edge = face.copy()
     edge[:, 3] = 1.0
     sides = np.asarray(boxes, dtype=float).reshape(-1, 4)
