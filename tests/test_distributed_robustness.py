@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 from dataclasses import replace
 from pathlib import Path
@@ -227,3 +228,19 @@ def test_slide_index_cli_takes_a_cluster(client, slide_files: dict[str, Path], t
     pd.testing.assert_frame_equal(hits_remote, hits_local, check_exact=False, rtol=0, atol=1e-5)
     index = EmbeddingIndex.load(tmp_path / "remote" / "index.npz")
     assert len(index) == sum(len(np.load(p)) for p in (tmp_path / "local").glob("*/embeddings.npy"))
+
+
+def test_slide_zeroshot_cli_on_a_cluster_equals_the_in_process_run(client, slide_files: dict[str, Path],
+                                                                   tmp_path: Path) -> None:
+    common = ["slide-zeroshot", str(slide_files["pyramid"]), str(slide_files["svs"]), "--model", "tiny-random",
+              "--device", "cpu", "--classes", "tumor,stroma", "--top-k", "2", "--quiet"]
+    assert main([*common, "--out", str(tmp_path / "local")]) == 0
+    assert main([*common, "--out", str(tmp_path / "remote"), "--cluster", client.scheduler.address]) == 0
+    local, remote = (pd.read_csv(tmp_path / run / "slide_scores.csv") for run in ("local", "remote"))
+    pd.testing.assert_frame_equal(remote, local, check_exact=False, rtol=0, atol=1e-5)
+    for stem in ("carcinoma", "cmu_small_region"):
+        tiles_local = pd.read_csv(tmp_path / "local" / stem / "tiles.csv")
+        tiles_remote = pd.read_csv(tmp_path / "remote" / "items" / stem / "slide" / "tiles.csv")
+        pd.testing.assert_frame_equal(tiles_remote, tiles_local, check_exact=False, rtol=0, atol=1e-5)
+    config = json.loads((tmp_path / "remote" / "run_config.json").read_text())
+    assert config["cluster"] == client.scheduler.address and len(config["slides"]) == 2

@@ -3,7 +3,8 @@
 Every slide is checked (readable, RGB, pixel size known or given) before the model loads, so a bad
 file is one message and nothing is written. Each slide's outputs go to `OUT/<slide>/`, built in a
 temporary folder and renamed into place; a rerun after an interruption skips the finished slides.
-With `--cluster`, each slide is one Dask task and its outputs go to `OUT/items/<slide>/slide/`.
+With `--cluster`, each slide is one Dask task and its outputs go to `OUT/items/<slide>/slide/`; the summary
+(`OUT/slide_scores.csv`, `OUT/run_config.json`) is written in both cases.
 """
 
 from __future__ import annotations
@@ -116,6 +117,13 @@ def _slide_zeroshot_on_cluster(args: argparse.Namespace, requests: list[Any]) ->
           f"{len(run.failed)} failed) in {Path(args.out) / 'items'}")
     for failure in run.failed:
         print(f"  failed {failure.key}: {failure.error}")
+    from napari_clipmed.io.atomic import write_frame, write_json
+
+    # the same summary as in-process: slide_scores.csv (finished slides) and run_config.json
+    finished = [replace(r, out=str(run.item_dir(i.key) / "slide")) for r, i in zip(requests, items)]
+    _write_summary(Path(args.out), finished, write_frame)
+    write_json(Path(args.out) / "run_config.json",
+               {**config, "slides": [r.slide for r in requests], "model": str(ref.name), "cluster": args.cluster})
     return 1 if run.failed else 0
 
 
