@@ -74,3 +74,9 @@ def test_streamed_batches_equal_tiles_read_one_by_one(slides: dict[str, Path]) -
         batches = iter_tile_batches(slide, grid, batch_size=4)
         next(batches)
         batches.close()  # cancel: readers stop, no error
+
+
+def test_reader_threads_follow_the_cores() -> None:
+    from napari_clipmed.pathology.slide_tiler import reader_threads
+
+    assert [reader_threads(c) for c in (1, 2, 4, 8, 16, 64)] == [2, 2, 2, 4, 8, 8]

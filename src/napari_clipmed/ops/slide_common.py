@@ -24,6 +24,7 @@ from napari_clipmed.pathology.slide_tiler import (
     check_tiling,
     iter_tile_batches,
     make_grid,
+    reader_threads,
 )
 from napari_clipmed.pathology.tissue import TissueMask, detect_tissue
 from napari_clipmed.progress import Progress, ProgressGenerator
@@ -98,10 +99,13 @@ def iter_embed_grid(slide: Slide, grid: TileGrid, model: Any, batch_size: int = 
     out = np.empty((n, model.embed_dim), dtype=np.float32)
     what = grid.describe()
     yield Progress(0, n, what)
+    import torch
+
     from napari_clipmed.models.stream import cpu_lanes, iter_encode_batches  # torch: imported when used
 
     lanes = cpu_lanes(model)  # on a CPU, batches encode side by side so that reading hides behind them
-    batches = iter_tile_batches(slide, grid, batch_size, prefetch=lanes + 1)  # close() stops its readers
+    readers = reader_threads(torch.get_num_threads())  # this process's core budget (a cluster worker's share)
+    batches = iter_tile_batches(slide, grid, batch_size, readers, prefetch=lanes + 1)  # close() stops its readers
     encoded = iter_encode_batches(model, batches, lanes)
     try:
         done = 0

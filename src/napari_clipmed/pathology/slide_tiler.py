@@ -12,6 +12,7 @@ never a whole level; a few reader threads fetch the next batches while the model
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Generator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -175,15 +176,24 @@ def read_tiles(slide: Slide, grid: TileGrid, indices: np.ndarray | list[int]) ->
     return out
 
 
+def reader_threads(cores: int | None = None) -> int:
+    """Tile reader threads: half the cores, at least 2 and at most 8 (JPEG decoding releases the GIL, so
+    readers scale with cores; a GPU or a many-core CPU encodes faster than two threads decode)."""
+    return max(2, min(8, (cores or os.cpu_count() or 2) // 2))
+
+
 def iter_tile_batches(
-    slide: Slide, grid: TileGrid, batch_size: int = 64, workers: int = 2, prefetch: int = 2
+    slide: Slide, grid: TileGrid, batch_size: int = 64, workers: int | None = None, prefetch: int = 2
 ) -> Generator[tuple[np.ndarray, np.ndarray], None, None]:
-    """(indices, tiles) batches in grid order, read ahead by `workers` threads (`prefetch` batches in flight).
+    """(indices, tiles) batches in grid order, read ahead by `workers` threads (default `reader_threads()`),
+    `prefetch` batches in flight beyond the one being used.
 
     Closing the iterator (a cancelled run) drops the batches not yet started and stops reading.
     """
     if batch_size < 1:
         raise InputError(f"batch_size must be at least 1; got {batch_size}")
+    workers = reader_threads() if workers is None else workers
+    prefetch = max(prefetch, workers)  # every reader has a batch to work on
     order = np.arange(len(grid))
     chunks = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
     pool = ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="clipmed-tiles")
