@@ -20,3 +20,15 @@ def _isolated_clipmed_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[
         mp.setenv("CLIPMED_WEIGHTS_DIR", str(root / "weights"))
         mp.setenv("CLIPMED_CACHE_DIR", str(root / "cache"))
         yield
+
+
+@pytest.fixture
+def one_torch_thread() -> Iterator[None]:
+    """Torch on one thread for the test (restored after): tiny models gain nothing from threads, and on a
+    shared 2-core machine they only oversubscribe. Modules ask for it with `pytestmark = usefixtures(...)`."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -37,13 +37,7 @@ def tiny_model():
     return load_model("tiny-random", device="cpu")
 
 
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    """The tiny model gains nothing from threads; on a shared machine they only oversubscribe."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

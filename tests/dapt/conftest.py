@@ -109,11 +109,5 @@ def ct_manifest(ct_patches, tmp_path_factory) -> Path:
 
 
 @pytest.fixture(autouse=True)
-def _one_torch_thread():
-    """The tiny model gains nothing from threads; on a shared 2-core machine they only oversubscribe."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+def _dapt_on_one_torch_thread(one_torch_thread: None) -> None:
+    """Every DAPT test runs torch on one thread (`one_torch_thread`, tests/conftest.py)."""
