@@ -34,7 +34,7 @@ from napari_clipmed.distributed import (
     worker_model,
 )
 from napari_clipmed.models.registry import ModelSpec
-from napari_clipmed.models.precision import isa_summary
+from napari_clipmed.models.cpuinfo import isa_summary
 
 VIT_B16 = ModelSpec(name="vit-b-16-random", arch="ViT-B-16", description="random ViT-B/16 for benchmarks",
                     needs_weights=False, weights_format="none")

@@ -30,7 +30,7 @@ from napari_clipmed.ct.lung import lung_mask
 from napari_clipmed.ct.montage import build_montage
 from napari_clipmed.ct.patches import PatchConfig, apply_window, extract_patches
 from napari_clipmed.models.loader import load_model
-from napari_clipmed.models.precision import cpu_name, isa_summary
+from napari_clipmed.models.cpuinfo import cpu_name, isa_summary
 from napari_clipmed.models.registry import ModelSpec
 
 CHEST_CT = Path(__file__).resolve().parents[2] / "shared" / "data" / "ct" / "chest_ct.nii.gz"

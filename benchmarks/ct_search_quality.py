@@ -30,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from napari_clipmed.models.precision import isa_summary
+from napari_clipmed.models.cpuinfo import isa_summary
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data" / "ct"

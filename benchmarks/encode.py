@@ -24,7 +24,7 @@ import torch
 
 from napari_clipmed.models.cache import EmbeddingCache
 from napari_clipmed.models.loader import load_model
-from napari_clipmed.models.precision import bf16_units, cpu_name, isa_summary
+from napari_clipmed.models.cpuinfo import bf16_units, cpu_name, isa_summary
 from napari_clipmed.models.registry import ModelSpec
 
 HE_IMAGE = Path(__file__).resolve().parents[2] / "shared" / "data" / "pathology" / "he_carcinoma_tiatoolbox.png"

@@ -25,7 +25,7 @@ from napari_clipmed.models.loader import load_model
 from napari_clipmed.models.registry import ModelSpec
 from napari_clipmed.pathology.gate import Gate
 from napari_clipmed.pathology.quality import measure
-from napari_clipmed.models.precision import isa_summary
+from napari_clipmed.models.cpuinfo import isa_summary
 
 
 

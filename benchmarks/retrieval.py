@@ -32,7 +32,7 @@ from sklearn.neighbors import NearestNeighbors
 import torch
 
 from napari_clipmed.retrieval import EmbeddingIndex
-from napari_clipmed.models.precision import isa_summary
+from napari_clipmed.models.cpuinfo import isa_summary
 
 
 def _median_latency(fn, queries: np.ndarray) -> float:

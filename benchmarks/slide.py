@@ -160,8 +160,9 @@ def measure_zeroshot(path: str, limit: int, arch: str = "tiny", rounds_wanted: i
             with open_slide(path) as slide:  # the encoder alone on the same number of in-memory tiles
                 grid = make_grid(slide, 0.5, 224)
                 sample = read_tiles(slide, grid, np.arange(min(n, 1024)))
-        reps = max(1, n // len(sample))
-        in_memory = [(np.arange(s, s + len(sample[s : s + 64])), sample[s : s + 64]) for s in range(0, len(sample), 64)]
+            reps = max(1, n // len(sample))
+            in_memory = [(np.arange(s, s + len(sample[s : s + 64])), sample[s : s + 64])
+                         for s in range(0, len(sample), 64)]
         rates = {}
         for how, lanes in (("one batch at a time, all threads", 1), ("lanes, as the slide path runs it", None)):
             t0 = time.perf_counter()
@@ -175,12 +176,6 @@ def measure_zeroshot(path: str, limit: int, arch: str = "tiny", rounds_wanted: i
                        "encoder_rates": rates, "fraction": n / stream_seconds / encoder_rate})
     median = sorted(rounds, key=lambda r: r["fraction"])[len(rounds) // 2]
     return {**median, "fractions": [r["fraction"] for r in rounds], "lanes": cpu_lanes(model), "peak_mb": peak}
-
-
-def _isa() -> dict:
-    from napari_clipmed.models.precision import isa_summary
-
-    return {"isa": isa_summary()}
 
 
 def _child(*args: str) -> dict:
@@ -222,13 +217,14 @@ def main() -> None:
     if args.measure:
         kind, path, *rest = args.measure
         result = {"open": lambda: measure_open(path), "tiler": lambda: measure_tiler(path, rest[0], int(rest[1])),
-                  "zeroshot": lambda: measure_zeroshot(path, int(rest[0]), rest[1], int(rest[2])), "isa": _isa}[kind]()
+                  "zeroshot": lambda: measure_zeroshot(path, int(rest[0]), rest[1], int(rest[2]))}[kind]()
         print(json.dumps(result))
         return
     big, small = (8_192, 2_048) if args.quick else (args.big, args.small)
     args.folder.mkdir(parents=True, exist_ok=True)
-    isa = _child("isa", "-")["isa"]  # in a child: torch imported here would count in every child's peak memory
-    print(f"CPU: {isa}; {os.cpu_count()} cpus; load {os.getloadavg()[0]:.2f}")
+    from napari_clipmed.models.cpuinfo import isa_summary  # torch-free: the parent must not hold torch (see _child)
+
+    print(f"CPU: {isa_summary()}; {os.cpu_count()} cpus; load {os.getloadavg()[0]:.2f}")
     paths = {}
     for side in (big, small):
         path = args.folder / f"he_{side}.tif"

@@ -21,15 +21,14 @@ from napari_clipmed.models.cache import EmbeddingCache
 from napari_clipmed.models.encode import image_features
 from napari_clipmed.models.loader import load_model
 from napari_clipmed.models.model import ClipModel
+from napari_clipmed.models.cpuinfo import bf16_units, cpu_flags, cpu_name
 from napari_clipmed.models.precision import (
     MIN_COSINE,
     MIN_SPEEDUP,
     PROBE_MIN_PARAMS,
     ProbeTimings,
     bf16_copy,
-    bf16_units,
     choose_precision,
-    cpu_flags,
     decide,
     probe,
     probe_pixels,
@@ -59,6 +58,11 @@ def he_tiles(n: int, size: int, seed: int = 0) -> np.ndarray:
 @pytest.mark.parametrize(("cpuinfo", "units"), [(XEON_AMX, "AMX"), (EPYC_ZEN4, "AVX-512 BF16"), (EPYC_AVX2, None), ("", None)])
 def test_bf16_units_from_cpuinfo(cpuinfo: str, units: str | None) -> None:
     assert bf16_units(cpu_flags(cpuinfo)) == units
+
+
+def test_cpu_name_from_cpuinfo() -> None:
+    assert cpu_name(XEON_AMX) == "Intel(R) Xeon(R) Platinum 8480+" and cpu_name(EPYC_AVX2) == "AMD EPYC 7B12"
+    assert cpu_name("flags\t: avx2\n") == "unknown CPU"
 
 
 def test_this_machines_flags_are_read() -> None:

@@ -2,7 +2,7 @@
 
 Three parts, so the decision is testable without the hardware:
 
-- `bf16_units` reads the CPU's flags (`/proc/cpuinfo`): `amx_bf16` (Intel AMX tiles) or
+- `cpuinfo.bf16_units` reads the CPU's flags (`/proc/cpuinfo`): `amx_bf16` (Intel AMX tiles) or
   `avx512_bf16` (AVX-512 BF16 dot products, e.g. recent Intel Xeons and AMD Zen 4/5); without either,
   bf16 runs in software and is slower than fp32, so `auto` stays at fp32 without measuring anything.
 - `probe` times the encoder's own forward in both precisions on a fixed probe batch (interleaved
@@ -24,13 +24,13 @@ import time
 import weakref
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
 import torch
 from torch import nn
 
 from napari_clipmed.errors import InputError
+from napari_clipmed.models.cpuinfo import bf16_units
 
 if TYPE_CHECKING:
     from napari_clipmed.models.model import ClipModel
@@ -41,54 +41,6 @@ MIN_COSINE = 0.999  # bf16 embeddings must agree with fp32 at least this well on
 MIN_SPEEDUP = 1.2  # and be this much faster, or fp32 stays ("clearly faster", not noise)
 PROBE_MIN_PARAMS = 5_000_000  # smaller image towers (test models) stay fp32 without a probe
 PROBE_TOKENS = 512  # tokens per probe batch: ViT-B/16 2 images, B/32 10 (about 2 s for B/16 on 2 cores)
-CPUINFO = Path("/proc/cpuinfo")
-ISA_FLAGS = ("avx2", "fma", "avx512f", "avx512_bf16", "avx512_vnni", "amx_tile", "amx_bf16", "amx_int8", "avx_vnni")
-
-
-def cpu_flags(cpuinfo: str | None = None) -> frozenset[str]:
-    """The CPU's feature flags from `/proc/cpuinfo` text (this machine's when None; empty off Linux)."""
-    if cpuinfo is None:
-        try:
-            cpuinfo = CPUINFO.read_text(errors="replace")
-        except OSError:
-            return frozenset()
-    for line in cpuinfo.splitlines():
-        key, _, value = line.partition(":")
-        if key.strip() in ("flags", "Features"):
-            return frozenset(value.split())
-    return frozenset()
-
-
-def bf16_units(flags: Iterable[str] | None = None) -> str | None:
-    """'AMX', 'AVX-512 BF16', or None when the CPU has no bf16 matrix units."""
-    flags = cpu_flags() if flags is None else frozenset(flags)
-    if "amx_bf16" in flags:
-        return "AMX"
-    if "avx512_bf16" in flags:
-        return "AVX-512 BF16"
-    return None
-
-
-def cpu_name(cpuinfo: str | None = None) -> str:
-    """The CPU's model name from `/proc/cpuinfo` (platform.processor() elsewhere)."""
-    if cpuinfo is None:
-        try:
-            cpuinfo = CPUINFO.read_text(errors="replace")
-        except OSError:
-            import platform
-
-            return platform.processor() or platform.machine()
-    for line in cpuinfo.splitlines():
-        key, _, value = line.partition(":")
-        if key.strip() == "model name":
-            return value.strip()
-    return "unknown CPU"
-
-
-def isa_summary(flags: Iterable[str] | None = None) -> str:
-    """The flags that matter for GEMM speed, present ones only (for benchmark output)."""
-    flags = cpu_flags() if flags is None else frozenset(flags)
-    return " ".join(f for f in ISA_FLAGS if f in flags) or "none of " + " ".join(ISA_FLAGS)
 
 
 @dataclass(frozen=True)
