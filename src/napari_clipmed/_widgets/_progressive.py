@@ -14,8 +14,8 @@ from typing import Any
 
 from qtpy.QtCore import QTimer
 
+from napari_clipmed.layers import add_layers
 from napari_clipmed.ops.layerdata import LayerData
-
 
 
 class ProgressiveLayers:
@@ -41,12 +41,8 @@ class ProgressiveLayers:
         """
         self.names = [str(kwargs.get("name", "")) for _, kwargs, _ in layer_data]
         if not self.alive():
-            from napari.layers import Layer
-
             self._pending.clear()
-            objects = list(built) if built is not None else [
-                Layer.create(data, dict(kwargs), kind) for data, kwargs, kind in layer_data]
-            self.layers = [self.viewer.add_layer(layer) for layer in objects]
+            self.layers = add_layers(self.viewer, built if built is not None else layer_data)
             self.viewer.layers.selection.active = self.layers[0]  # the first is the one to click on
             self.mark(suffix)
             if then is not None:
