@@ -231,13 +231,11 @@ def quality_gate(
     from napari_clipmed import layers
     from napari_clipmed.ops.layerdata import crop_boxes
     from napari_clipmed.ops.qc import QcRequest, run
-    from napari_clipmed.ops.zeroshot import image_tiles
+    from napari_clipmed.ops.zeroshot import source_tiles
     from napari_clipmed.pathology.gate import load_gate
 
     source = layers.image_snapshot(layers.layer_by_name(viewer, layer))
-    boxes = image_tiles(source.pixels, int(tile_size), int(stride or tile_size), tissue_only) + np.tile(source.offset, 2)
-    if len(boxes) == 0:
-        raise InputError(f"no {tile_size} x {tile_size} tile fits in '{source.name}'; lower the tile size")
+    boxes = source_tiles(source, int(tile_size), int(stride or tile_size), tissue_only)
     result = run(QcRequest(tuple(crop_boxes(source.pixels, boxes, source.offset)), load_gate(gate),
                            coords=np.asarray(boxes)[:, :2], tile_size=int(tile_size)))
     layers.add_layers(viewer, [(data, {**kwargs, "name": f"{source.name} quality [{tile_size}px]"}, kind)

@@ -46,6 +46,20 @@ def image_tiles(pixels: np.ndarray, tile: int, stride: int, tissue_only: bool, m
     return np.concatenate([corners, corners + tile], axis=1).astype(np.int64)
 
 
+def source_tiles(source: SourceImage, tile: int, stride: int, tissue_only: bool, min_tissue: float = 0.5) -> np.ndarray:
+    """`image_tiles` of a layer snapshot, in the layer's pixel frame (its offset added); one clear error when no
+    tile fits, so every operation that tiles a layer says the same thing."""
+    boxes = image_tiles(source.pixels, tile, stride, tissue_only, min_tissue) + np.tile(np.asarray(source.offset), 2)
+    if len(boxes) == 0:
+        where = "with tissue " if tissue_only else ""
+        raise InputError(
+            f"no {tile} x {tile} tile {where}fits in '{source.name}' "
+            f"({source.pixels.shape[0]} x {source.pixels.shape[1]} px); lower the tile size"
+            + (" or untick 'tissue tiles only'" if tissue_only else "")
+        )
+    return boxes
+
+
 @dataclass(frozen=True, eq=False)
 class ZeroShotRequest:
     """Label `source` zero-shot: its tiles (`tile_size`, `stride`) or the pixel `boxes` given."""
@@ -177,15 +191,8 @@ def iter_run(request: ZeroShotRequest, model: ClipModel) -> ProgressGenerator[Ze
     boxes = request.boxes
     if boxes is None:
         yield Progress(0, 1, "finding tissue tiles")
-        boxes = image_tiles(source.pixels, request.tile_size, int(request.stride or request.tile_size),
-                            request.tissue_only, request.min_tissue) + np.tile(np.asarray(source.offset), 2)
-        if len(boxes) == 0:
-            where = "with tissue " if request.tissue_only else ""
-            raise InputError(
-                f"no {request.tile_size} x {request.tile_size} tile {where}fits in '{source.name}' "
-                f"({source.pixels.shape[0]} x {source.pixels.shape[1]} px); lower the tile size"
-                + (" or untick 'tissue tiles only'" if request.tissue_only else "")
-            )
+        boxes = source_tiles(source, request.tile_size, int(request.stride or request.tile_size), request.tissue_only,
+                             request.min_tissue)
     crops = crop_boxes(source.pixels, boxes, source.offset)
     result = yield from iter_classify_images(model, crops, classifier, batch_size=request.batch_size)
     quality: Any = None
