@@ -310,12 +310,12 @@ class ZeroShotClassifier:
         """(N, C) probabilities by the model's rule: softmax over classes (rows sum to 1) or, for
         sigmoid models, each class's own probability (rows need not sum to 1); logits divided by
         the fitted temperature first."""
-        logits = self.logits(image_embeddings).astype(np.float64) / self.temperature
+        from napari_clipmed.calibration import softmax
+
+        logits = self.logits(image_embeddings).astype(np.float64)
         if self.scoring == "sigmoid":
-            return (1.0 / (1.0 + np.exp(-logits))).astype(np.float32)
-        logits -= logits.max(axis=1, keepdims=True)
-        probs = np.exp(logits)
-        return (probs / probs.sum(axis=1, keepdims=True)).astype(np.float32)
+            return (1.0 / (1.0 + np.exp(-logits / self.temperature))).astype(np.float32)
+        return softmax(logits, self.temperature).astype(np.float32)
 
     def predict(self, image_embeddings: np.ndarray) -> np.ndarray:
         """(N,) index of the most probable class."""
