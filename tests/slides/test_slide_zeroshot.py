@@ -121,7 +121,7 @@ def test_top_tiles_take_the_legends_colours_and_a_failing_tile_turns_red(result)
     from dataclasses import replace
 
     from napari_clipmed.ops.layerdata import class_colors, rgba
-    from napari_clipmed.ops.qc import gate_slide_top_tiles, mark_layer_data
+    from napari_clipmed.ops.qc import FAIL_COLOUR, gate_slide_top_tiles, mark_layer_data
 
     _, kwargs, kind = result.to_layer_data()[-1]
     assert kind == "shapes"
@@ -135,5 +135,5 @@ def test_top_tiles_take_the_legends_colours_and_a_failing_tile_turns_red(result)
     verdict = gate_slide_top_tiles(damaged)
     assert not verdict.passed[0] and verdict.passed[1:].all()
     _, marked, _ = mark_layer_data(damaged.to_layer_data(), verdict)[-1]
-    np.testing.assert_allclose(marked["edge_color"][0], (0.84, 0.15, 0.16, 1.0))
+    np.testing.assert_allclose(marked["edge_color"][0], rgba(FAIL_COLOUR, 1.0))
     np.testing.assert_allclose(marked["edge_color"][1:], want[1:])

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from napari_clipmed.errors import InputError
+from napari_clipmed.ops.layerdata import rgba
 from napari_clipmed.pathology.gate import Gate, GateResult
 from napari_clipmed.progress import Progress, ProgressGenerator, forward, run_generator
 
@@ -194,15 +195,6 @@ def read_tile(path: str | Path) -> np.ndarray:
     return read_image(path)
 
 
-def request_from_path(path: str | Path, gate: Gate, *, tile_size: int = 224, level: int = 0,
-                      min_tissue: float = 0.5, **kwargs: Any) -> QcRequest:
-    """A `QcRequest` for the tiles of a folder, manifest or slide (see `iter_read_source`)."""
-    images, ids, coords, skipped = run_generator(iter_read_source(path, tile_size=tile_size, level=level,
-                                                                  min_tissue=min_tissue))
-    return QcRequest(tuple(images), gate, tuple(ids), coords, tile_size if coords is not None else None,
-                     skipped=tuple(skipped), **kwargs)
-
-
 def gate_images(images: Sequence[np.ndarray], gate: Gate | str | Path | None = None, **kwargs: Any) -> GateResult:
     """The gate's verdict on arrays (the default gate when none is given); for other operations."""
     from napari_clipmed.pathology.gate import load_gate
@@ -241,7 +233,7 @@ def mark_failing(kwargs: dict[str, Any], verdict: GateResult, skip_failing: bool
     width = float(np.max(out.get("edge_width", 1.0)))
     widths = np.where(failed, 3.0 * width, width)
     if edge.ndim == 2 and len(edge) == len(features):
-        edge[failed] = (0.84, 0.15, 0.16, 1.0)  # FAIL_COLOUR
+        edge[failed] = rgba(FAIL_COLOUR, 1.0)
         out["edge_color"] = edge
     out["edge_width"] = widths.tolist()
     if skip_failing and failed.any():
