@@ -17,6 +17,21 @@ def add_cluster_arguments(p: argparse.ArgumentParser) -> None:
                    help="torch threads per worker (default: cores // workers on that machine)")
 
 
+def check_cluster(args: argparse.Namespace) -> None:
+    """With --cluster: a bad spec or a missing Dask fails here, before anything is read, loaded or written."""
+    if args.cluster:
+        from napari_clipmed.distributed import ClusterSpec, require_distributed
+
+        ClusterSpec.parse(args.cluster)
+        require_distributed()
+
+
+def print_failures(run) -> None:  # run: distributed.RunItemsResult
+    """One line per failed item: its key and error."""
+    for failure in run.failed:
+        print(f"  failed {failure.key}: {failure.error}")
+
+
 def model_ref_from_args(args: argparse.Namespace, name: str | None = None):  # -> ModelRef
     """What each worker loads; the checkpoint is resolved (and downloaded, when allowed) here, once."""
     from napari_clipmed.distributed import ModelRef

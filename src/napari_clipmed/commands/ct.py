@@ -129,6 +129,7 @@ def _ct_montage(args: argparse.Namespace) -> int:
 
 
 def _ct_eval(args: argparse.Namespace) -> int:
+    from napari_clipmed.commands._cluster import check_cluster
     from napari_clipmed.commands.models import model_from_args
     from napari_clipmed.ct.cohort import iter_evaluate_cohort, read_cohort
     from napari_clipmed.progress import run_generator
@@ -141,11 +142,7 @@ def _ct_eval(args: argparse.Namespace) -> int:
         raise InputError(f"--bootstrap needs at least 1 resample, got {args.bootstrap}")
     positive = args.positive or next(iter(cfg.class_prompts))
     read_cohort(args.cohort, [positive, *[c for c in cfg.class_prompts if c != positive]])  # check before loading
-    if args.cluster:  # a bad spec or a missing Dask fails before anything starts (or is written)
-        from napari_clipmed.distributed import ClusterSpec, require_distributed
-
-        ClusterSpec.parse(args.cluster)
-        require_distributed()
+    check_cluster(args)  # a bad spec or a missing Dask fails before anything starts (or is written)
     with RunFolder(args.out, command="ct-eval"):
         if args.cluster:
             result = _ct_eval_distributed(args, cfg, positive)

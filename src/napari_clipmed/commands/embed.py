@@ -8,22 +8,16 @@ from pathlib import Path
 
 def _embed(args: argparse.Namespace) -> int:
     from napari_clipmed.commands._checks import preflight
-    from napari_clipmed.commands._cluster import ItemBar
+    from napari_clipmed.commands._cluster import ItemBar, check_cluster, print_failures
     from napari_clipmed.commands.models import model_from_args
-    from napari_clipmed.distributed import (
-        ClusterSpec,
-        cluster_client,
-        require_distributed,
-    )
+    from napari_clipmed.distributed import cluster_client
     from napari_clipmed.ops.embed import EmbedRequest, iter_run
     from napari_clipmed.progress import run_generator
 
     preflight(args, out_dir=args.store)  # device and store folder, before anything is read or loaded
     request = EmbedRequest(args.source, args.store, chunk_size=args.chunk_size, batch_size=args.batch_size,
                            split=args.split, ct=args.ct, patch=_patch_config(args) if args.ct else None)
-    if args.cluster:  # a bad spec or a missing Dask fails before the model loads
-        ClusterSpec.parse(args.cluster)
-        require_distributed()
+    check_cluster(args)  # a bad spec or a missing Dask fails before the model loads
     model = model_from_args(args)  # here too: its signature names the store folder, a missing checkpoint fails now
     with cluster_client(args.cluster, torch_threads=args.torch_threads) as client:
         bar = ItemBar(args.quiet, unit="chunk")
@@ -34,8 +28,7 @@ def _embed(args: argparse.Namespace) -> int:
     run = result.run
     print(f"{result.n_images} images in {len(run.keys)} chunks ({len(run.computed)} embedded now, "
           f"{len(run.reused)} already in the store, {len(run.failed)} failed); {len(result.skipped)} unreadable")
-    for failure in run.failed:
-        print(f"  failed {failure.key}: {failure.error}")
+    print_failures(run)
     if result.index_path:
         print(f"index: {result.index_path} (clipmed retrieve --gallery {result.index_path}, or the Retrieval widget)")
     if args.report:

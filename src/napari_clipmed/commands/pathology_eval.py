@@ -114,15 +114,14 @@ def _cache(args: argparse.Namespace):
 def _run_robustness(args: argparse.Namespace) -> int:
     from napari_clipmed.bench.robustness import RobustnessConfig, iter_run_robustness
     from napari_clipmed.datasets import load_tileset
-    from napari_clipmed.distributed import ClusterSpec, cluster_client, require_distributed
+    from napari_clipmed.commands._cluster import check_cluster
+    from napari_clipmed.distributed import cluster_client
     from napari_clipmed.progress import run_generator
 
     preflight(args, out_dir=args.out)
-    if args.cluster:  # a bad spec, a missing Dask or a bad chunk size fails before any work
-        ClusterSpec.parse(args.cluster)
-        require_distributed()
-        if args.chunk_size < 1:
-            raise InputError(f"--chunk-size must be at least 1, got {args.chunk_size}")
+    check_cluster(args)  # a bad spec, a missing Dask or a bad chunk size fails before any work
+    if args.cluster and args.chunk_size < 1:
+        raise InputError(f"--chunk-size must be at least 1, got {args.chunk_size}")
     tileset = load_tileset(args.data)
     if args.split:
         tileset = tileset.select_split(args.split)

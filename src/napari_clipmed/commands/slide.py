@@ -88,20 +88,13 @@ def _slide_zeroshot_on_cluster(args: argparse.Namespace, requests: list[Any]) ->
     import json
     from dataclasses import replace
 
-    from napari_clipmed.commands._cluster import ItemBar, model_ref_from_args
-    from napari_clipmed.distributed import (
-        ClusterSpec,
-        Item,
-        cluster_client,
-        iter_run_items,
-        require_distributed,
-    )
+    from napari_clipmed.commands._cluster import ItemBar, check_cluster, model_ref_from_args
+    from napari_clipmed.distributed import Item, cluster_client, iter_run_items
     from napari_clipmed.io.slide import slide_stem
     from napari_clipmed.ops.slide_zeroshot import item_outputs
     from napari_clipmed.progress import run_generator
 
-    ClusterSpec.parse(args.cluster)  # a bad spec or a missing Dask fails before any work
-    require_distributed()
+    check_cluster(args)  # a bad spec or a missing Dask fails before any work
     ref = model_ref_from_args(args)
     items = [Item(slide_stem(r.slide), replace(r, out=None)) for r in requests]
     config = {k: v for k, v in requests[0].config().items() if k != "slide"}
@@ -113,10 +106,7 @@ def _slide_zeroshot_on_cluster(args: argparse.Namespace, requests: list[Any]) ->
                                                message="slides", fingerprint=fingerprint), bar)
         finally:
             bar.close()
-    print(f"{len(run.keys)} slides ({len(run.computed)} done now, {len(run.reused)} already done, "
-          f"{len(run.failed)} failed) in {Path(args.out) / 'items'}")
-    for failure in run.failed:
-        print(f"  failed {failure.key}: {failure.error}")
+    _report_slides(run, Path(args.out))
     from napari_clipmed.io.atomic import write_frame, write_json
 
     # the same summary as in-process: slide_scores.csv (finished slides) and run_config.json
@@ -125,6 +115,15 @@ def _slide_zeroshot_on_cluster(args: argparse.Namespace, requests: list[Any]) ->
     write_json(Path(args.out) / "run_config.json",
                {**config, "slides": [r.slide for r in requests], "model": str(ref.name), "cluster": args.cluster})
     return 1 if run.failed else 0
+
+
+def _report_slides(run: Any, out: Path) -> None:
+    """How a cluster run's slides went (computed, reused, failed, with each failure's error)."""
+    from napari_clipmed.commands._cluster import print_failures
+
+    print(f"{len(run.keys)} slides ({len(run.computed)} done now, {len(run.reused)} already done, "
+          f"{len(run.failed)} failed) in {out / 'items'}")
+    print_failures(run)
 
 
 def _write_summary(out: Path, requests: list[Any], write_frame: Any) -> None:
@@ -172,13 +171,12 @@ def _slide_index(args: argparse.Namespace) -> int:
 
 def _slide_index_on_cluster(args: argparse.Namespace, request: Any, query: Any) -> int:
     """One item per slide on Dask: embeddings in OUT/items/<slide>/slide/ (resumable), the gallery in OUT/index.npz."""
-    from napari_clipmed.commands._cluster import ItemBar, model_ref_from_args
-    from napari_clipmed.distributed import ClusterSpec, cluster_client, require_distributed
+    from napari_clipmed.commands._cluster import ItemBar, check_cluster, model_ref_from_args
+    from napari_clipmed.distributed import cluster_client
     from napari_clipmed.ops.slide_index import iter_run_on_cluster
     from napari_clipmed.progress import run_generator
 
-    ClusterSpec.parse(args.cluster)  # a bad spec or a missing Dask fails before any work
-    require_distributed()
+    check_cluster(args)  # a bad spec or a missing Dask fails before any work
     ref = model_ref_from_args(args)
     with cluster_client(args.cluster, torch_threads=args.torch_threads) as client:
         bar = ItemBar(args.quiet, unit="slide")
@@ -189,10 +187,7 @@ def _slide_index_on_cluster(args: argparse.Namespace, request: Any, query: Any) 
     run = result.run
     assert run is not None  # a cluster run says which slides were computed, reused or failed
     out = Path(args.out)
-    print(f"{len(run.keys)} slides ({len(run.computed)} done now, {len(run.reused)} already done, "
-          f"{len(run.failed)} failed) in {out / 'items'}")
-    for failure in run.failed:
-        print(f"  failed {failure.key}: {failure.error}")
+    _report_slides(run, out)
     if result.entries:
         index_path = result.index().save(out / "index.npz")
         print(f"indexed {len(result.to_frame()):,} tiles of {len(result.entries)} slide(s); gallery: {index_path}")
