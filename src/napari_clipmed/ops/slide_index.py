@@ -19,9 +19,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from napari_clipmed.ops.layerdata import LayerData
 from napari_clipmed.errors import InputError
 from napari_clipmed.io.slide import open_slide, slide_stem
+from napari_clipmed.ops.layerdata import LayerData
 from napari_clipmed.ops.slide_common import (
     SlideTiling,
     check_slide_path,

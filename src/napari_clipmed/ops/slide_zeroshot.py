@@ -20,8 +20,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from napari_clipmed.ops.layerdata import LayerData, rgba, class_colors
 from napari_clipmed.errors import InputError
+from napari_clipmed.ops.layerdata import LayerData, class_colors, rgba
 from napari_clipmed.ops.slide_common import (
     SlideTiling,
     as_prompts,
@@ -36,7 +36,6 @@ from napari_clipmed.progress import Progress, ProgressGenerator, run_generator
 
 if TYPE_CHECKING:
     import pandas as pd
-
 
 
 def heat_colormap(index: int, name: str) -> dict[str, Any]:
