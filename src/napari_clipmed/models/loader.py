@@ -153,7 +153,7 @@ def _load_with_backend(spec: ModelSpec, path: Path | None, device: str | torch.d
         module=network.module.to(target).eval(),
         tokenizer=network.tokenizer,
         device=target,
-        precision="fp32" if target.type == "cpu" else resolve_precision(target, precision),
+        precision=resolve_precision(target, precision),  # on a CPU `_with_precision` decides
         weights_path=path,
     ), precision)
 
@@ -204,6 +204,6 @@ def load_model(
         module=module,
         tokenizer=_make_tokenizer(spec, module),
         device=target,
-        precision="fp32" if target.type == "cpu" else resolve_precision(target, precision),
+        precision=resolve_precision(target, precision),  # on a CPU `_with_precision` decides
         weights_path=path,
     ), precision)
