@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -237,7 +238,11 @@ def test_doc_snippet_runs(where: str, code: str, why: str | None, tmp_path: Path
     monkeypatch.chdir(tmp_path)
     (tmp_path / SVS.name).symlink_to(SVS)  # the docs name the sample files as if they were in the working folder
     (tmp_path / HE.name).symlink_to(HE)
-    exec(compile(code, where, "exec"), {"__name__": "__snippet__"})  # noqa: S102 - our own documentation
+    try:
+        exec(compile(code, where, "exec"), {"__name__": "__snippet__"})  # noqa: S102 - our own documentation
+    finally:  # a snippet that opens a napari window (the scripted API) runs under the suite's X display
+        if "napari" in sys.modules and "napari.Viewer(" in code:
+            sys.modules["napari"].Viewer.close_all()
 
 
 @pytest.mark.parametrize(
