@@ -1,4 +1,4 @@
-"""Test session settings: no network and no user folders.
+"""Test session settings: no network, no user folders, no locale leaking from one test into the next.
 
 Every test runs with `CLIPMED_OFFLINE=1` and fresh temporary weights and embedding-cache folders,
 so nothing reads or writes the user's `~/.cache/napari-clipmed` and no download is ever tried.
@@ -6,6 +6,7 @@ so nothing reads or writes the user's `~/.cache/napari-clipmed` and no download 
 
 from __future__ import annotations
 
+import locale
 from collections.abc import Iterator
 
 import pytest
@@ -20,6 +21,16 @@ def _isolated_clipmed_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[
         mp.setenv("CLIPMED_WEIGHTS_DIR", str(root / "weights"))
         mp.setenv("CLIPMED_CACHE_DIR", str(root / "cache"))
         yield
+
+
+@pytest.fixture(autouse=True)
+def _locale_restored() -> Iterator[None]:
+    """Every test ends with the C library locale it started with. GDCM's DICOM writer (tests that build DICOM
+    series) leaves it at "C", and Python then decodes a later test's subprocess output as ASCII; until now the
+    first napari window happened to reset it."""
+    saved = locale.setlocale(locale.LC_ALL)
+    yield
+    locale.setlocale(locale.LC_ALL, saved)
 
 
 @pytest.fixture
