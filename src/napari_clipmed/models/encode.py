@@ -49,13 +49,13 @@ def _validated(images: ImageBatch) -> list[np.ndarray]:
 CPU_TOKENS_PER_FORWARD = 1024
 
 
-def tokens_per_image(visual: torch.nn.Module) -> int:
+def tokens_per_image(visual: torch.nn.Module | None) -> int:
     """A ViT's tokens per image (256 for towers without positional embeddings)."""
     positions = getattr(visual, "positional_embedding", None)
     return int(positions.shape[0]) if isinstance(positions, torch.Tensor) else 256
 
 
-def cpu_micro_batch(visual: torch.nn.Module) -> int:
+def cpu_micro_batch(visual: torch.nn.Module | None) -> int:
     """Images per forward on a CPU: `CPU_TOKENS_PER_FORWARD` tokens, at least one image."""
     return max(1, CPU_TOKENS_PER_FORWARD // tokens_per_image(visual))
 
@@ -97,11 +97,41 @@ def image_features(model: ClipModel, pixels: torch.Tensor, precision: str | None
     return torch.cat(chunks).float()
 
 
-def _run_image_model(model: ClipModel, batch: torch.Tensor) -> torch.Tensor:
+# On a CPU, images are converted and preprocessed in pieces of at most this many bytes of float
+# input, each just before its forward. A whole batch's float copies (64 tiles of 224 px: 38.5 MB
+# each) are above glibc's largest mmap threshold (32 MB), so every batch mapped and page-faulted its
+# buffers afresh: about 40 % of the tiny model's CPU time was the kernel's (docs/performance.md).
+CPU_PREPROCESS_BYTES = 8 * 2**20
+
+
+def preprocess_images(model: ClipModel, images: Sequence[np.ndarray]) -> torch.Tensor:
+    """Same-shaped H x W x C arrays -> the model's normalised input pixels on its device (on a CPU
+    converted in pieces of at most `CPU_PREPROCESS_BYTES`)."""
     spec = model.spec
-    pixels = preprocess_batch(batch, spec.image_size, spec.mean, spec.std, resize=spec.resize,
-                              interpolation=spec.interpolation)
-    return F.normalize(image_features(model, pixels), dim=-1)
+
+    def pixels_of(part: Sequence[np.ndarray]) -> torch.Tensor:
+        return preprocess_batch(stack_to_tensor(part, model.device), spec.image_size, spec.mean, spec.std,
+                                resize=spec.resize, interpolation=spec.interpolation)
+
+    step = max(1, CPU_PREPROCESS_BYTES // (images[0].shape[0] * images[0].shape[1] * 3 * 4))
+    if model.device.type != "cpu" or step >= len(images):
+        return pixels_of(images)
+    return torch.cat([pixels_of(images[s : s + step]) for s in range(0, len(images), step)])
+
+
+def encode_batch(model: ClipModel, images: Sequence[np.ndarray]) -> np.ndarray:
+    """(N, D) L2-normalised embeddings of same-shaped, validated images.
+
+    On a CPU, one forward's worth of images (`cpu_micro_batch`) is preprocessed right before its
+    forward, so no float copy of the whole batch exists and the pixels are still in cache.
+    """
+    if model.device.type != "cpu":
+        features = image_features(model, preprocess_images(model, images))
+    else:
+        step = cpu_micro_batch(getattr(model.module, "visual", None))
+        features = torch.cat([image_features(model, preprocess_images(model, images[s : s + step]))
+                              for s in range(0, len(images), step)])
+    return F.normalize(features, dim=-1).cpu().numpy()
 
 
 def iter_encode_images(
@@ -141,8 +171,7 @@ def iter_encode_images(
             members = [todo[j] for j in indices]
             for start in range(0, len(members), batch_size):
                 chunk = members[start : start + batch_size]
-                tensor = stack_to_tensor([items[i] for i in chunk], model.device)
-                vectors = _run_image_model(model, tensor).cpu().numpy()
+                vectors = encode_batch(model, [items[i] for i in chunk])
                 out[chunk] = vectors
                 if cache is not None:
                     cache.put_many([keys[i] for i in chunk], vectors)
