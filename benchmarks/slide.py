@@ -127,7 +127,7 @@ def measure_zeroshot(path: str, limit: int, arch: str = "tiny", rounds_wanted: i
 
     from napari_clipmed.io.slide import open_slide
     from napari_clipmed.models.loader import load_model
-    from napari_clipmed.models.stream import cpu_lanes, iter_encode_batches
+    from napari_clipmed.models.stream import balanced_batch_size, cpu_lanes, iter_encode_batches
     from napari_clipmed.ops.slide_common import SlideTiling
     from napari_clipmed.ops.slide_zeroshot import SlideZeroShotRequest, iter_run
     from napari_clipmed.pathology.slide_tiler import make_grid, read_tiles
@@ -167,13 +167,16 @@ def measure_zeroshot(path: str, limit: int, arch: str = "tiny", rounds_wanted: i
                 sample = read_tiles(slide, grid, np.arange(min(n, 1024)))
                 read_cpu = (time.process_time() - cpu0) / len(sample)
             reps = max(1, n // len(sample))
-            in_memory = [(np.arange(s, s + len(sample[s : s + 64])), sample[s : s + 64])
-                         for s in range(0, len(sample), 64)]
+
+            def batches_of(size: int) -> list[tuple[np.ndarray, np.ndarray]]:
+                return [(np.arange(s, s + len(sample[s : s + size])), sample[s : s + size]) for s in range(0, len(sample), size)]
+
+            in_memory = {1: batches_of(64), cpu_lanes(model): batches_of(balanced_batch_size(len(sample), 64, cpu_lanes(model)))}
         rates, cpus = {}, {}
-        for how, lanes in (("one batch at a time, all threads", 1), ("lanes, as the slide path runs it", None)):
+        for how, lanes in (("one batch at a time, all threads", 1), ("lanes, as the slide path runs it", cpu_lanes(model))):
             t0, cpu0 = time.perf_counter(), time.process_time()
             for _ in range(reps):
-                for _indices, _vectors in iter_encode_batches(model, in_memory, lanes):
+                for _indices, _vectors in iter_encode_batches(model, in_memory[lanes], lanes):
                     pass
             rates[how] = reps * len(sample) / (time.perf_counter() - t0)
             cpus[how] = (time.process_time() - cpu0) / (reps * len(sample))

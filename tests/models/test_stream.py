@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from napari_clipmed.models.stream import MAX_LANES, cpu_lanes, iter_encode_batches
+from napari_clipmed.models.stream import MAX_LANES, balanced_batch_size, cpu_lanes, iter_encode_batches
 
 
 def _batches(count: int, size: int = 5, seed: int = 0, taken: list[int] | None = None):
@@ -80,3 +80,18 @@ def test_lanes_follow_the_device_and_the_thread_budget(tiny) -> None:
     assert cpu_lanes(tiny, threads=64) == MAX_LANES
     assert cpu_lanes(SimpleNamespace(device=torch.device("cuda")), threads=8) == 1
     assert cpu_lanes(SimpleNamespace(), threads=8) == 1  # no device: a wrapper we know nothing of
+
+
+@pytest.mark.parametrize(("count", "lanes"), [(576, 2), (144, 2), (11_880, 2), (100, 3), (1, 2), (7, 4), (64, 2), (65, 2)])
+def test_balanced_batches_are_a_whole_multiple_of_the_lanes_and_near_equal(count, lanes) -> None:
+    size = balanced_batch_size(count, 64, lanes)
+    assert 1 <= size <= 64
+    sizes = [min(size, count - s) for s in range(0, count, size)]
+    assert len(sizes) % lanes == 0 or len(sizes) < lanes  # no batch left to run alone (fewer items than lanes: one each)
+    assert sizes[-1] > size - len(sizes)  # the smallest batch is short by less than one item per batch
+    assert -(-count // 64) <= len(sizes) <= -(-count // 64) + lanes  # at most lanes - 1 batches more than before
+
+
+def test_one_lane_keeps_the_batch_size() -> None:
+    assert balanced_batch_size(576, 64, 1) == 64
+    assert balanced_batch_size(576, 64, 2) == 58  # 10 batches: 9 of 58 and one of 54, five per lane

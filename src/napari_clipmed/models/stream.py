@@ -33,6 +33,17 @@ def cpu_lanes(model: Any, threads: int | None = None) -> int:
     return max(1, min(MAX_LANES, threads or torch.get_num_threads()))
 
 
+def balanced_batch_size(count: int, batch_size: int, lanes: int) -> int:
+    """At most `batch_size`, so that `count` items make a whole multiple of `lanes` batches of nearly
+    equal size: the last batches then finish together instead of one running alone on its lane's
+    share of the threads (576 tiles in batches of 64 on 2 lanes left a core idle for 1/9 of the run)."""
+    if count < 1 or lanes <= 1:
+        return batch_size
+    batches = -(-count // batch_size)
+    batches = -(-batches // lanes) * lanes
+    return max(1, -(-count // batches))
+
+
 def iter_encode_batches(
     model: Any, batches: Iterable[tuple[np.ndarray, np.ndarray]], lanes: int | None = None
 ) -> Generator[tuple[np.ndarray, np.ndarray], None, None]:

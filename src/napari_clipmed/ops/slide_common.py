@@ -101,9 +101,10 @@ def iter_embed_grid(slide: Slide, grid: TileGrid, model: Any, batch_size: int = 
     yield Progress(0, n, what)
     import torch
 
-    from napari_clipmed.models.stream import cpu_lanes, iter_encode_batches  # torch: imported when used
+    from napari_clipmed.models.stream import balanced_batch_size, cpu_lanes, iter_encode_batches  # torch: when used
 
     lanes = cpu_lanes(model)  # on a CPU, batches encode side by side so that reading hides behind them
+    batch_size = balanced_batch_size(n, batch_size, lanes)  # the lanes finish together
     readers = reader_threads(torch.get_num_threads())  # this process's core budget (a cluster worker's share)
     batches = iter_tile_batches(slide, grid, batch_size, readers, prefetch=lanes + 1)  # close() stops its readers
     encoded = iter_encode_batches(model, batches, lanes)
