@@ -97,41 +97,29 @@ def image_features(model: ClipModel, pixels: torch.Tensor, precision: str | None
     return torch.cat(chunks).float()
 
 
-# On a CPU, images are converted and preprocessed in pieces of at most this many bytes of float
-# input, each just before its forward. A whole batch's float copies (64 tiles of 224 px: 38.5 MB
-# each) are above glibc's largest mmap threshold (32 MB), so every batch mapped and page-faulted its
-# buffers afresh: about 40 % of the tiny model's CPU time was the kernel's (docs/performance.md).
+# On a CPU, images that the model's preprocessing shrinks are converted and resized in pieces of at
+# most this many bytes of float input. A whole batch's float copies (64 tiles of 224 px: 38.5 MB
+# each) are above glibc's largest mmap threshold (32 MB), so every batch mapped and page-faulted them
+# afresh, only to resize them away: about 40 % of the tiny model's CPU time, most of it the kernel's.
+# At the model's own size the float copy is the model's input, and one piece was measured 1-3 %
+# faster (docs/performance.md, Encoder).
 CPU_PREPROCESS_BYTES = 8 * 2**20
 
 
 def preprocess_images(model: ClipModel, images: Sequence[np.ndarray]) -> torch.Tensor:
-    """Same-shaped H x W x C arrays -> the model's normalised input pixels on its device (on a CPU
-    converted in pieces of at most `CPU_PREPROCESS_BYTES`)."""
+    """Same-shaped H x W x C arrays -> the model's normalised input pixels on its device."""
     spec = model.spec
 
     def pixels_of(part: Sequence[np.ndarray]) -> torch.Tensor:
         return preprocess_batch(stack_to_tensor(part, model.device), spec.image_size, spec.mean, spec.std,
                                 resize=spec.resize, interpolation=spec.interpolation)
 
-    step = max(1, CPU_PREPROCESS_BYTES // (images[0].shape[0] * images[0].shape[1] * 3 * 4))
-    if model.device.type != "cpu" or step >= len(images):
+    height, width = images[0].shape[:2]
+    step = max(1, CPU_PREPROCESS_BYTES // (height * width * 3 * 4))
+    shrinks = min(height, width) > spec.image_size
+    if model.device.type != "cpu" or not shrinks or step >= len(images):
         return pixels_of(images)
     return torch.cat([pixels_of(images[s : s + step]) for s in range(0, len(images), step)])
-
-
-def encode_batch(model: ClipModel, images: Sequence[np.ndarray]) -> np.ndarray:
-    """(N, D) L2-normalised embeddings of same-shaped, validated images.
-
-    On a CPU, one forward's worth of images (`cpu_micro_batch`) is preprocessed right before its
-    forward, so no float copy of the whole batch exists and the pixels are still in cache.
-    """
-    if model.device.type != "cpu":
-        features = image_features(model, preprocess_images(model, images))
-    else:
-        step = cpu_micro_batch(getattr(model.module, "visual", None))
-        features = torch.cat([image_features(model, preprocess_images(model, images[s : s + step]))
-                              for s in range(0, len(images), step)])
-    return F.normalize(features, dim=-1).cpu().numpy()
 
 
 def iter_encode_images(
@@ -171,7 +159,8 @@ def iter_encode_images(
             members = [todo[j] for j in indices]
             for start in range(0, len(members), batch_size):
                 chunk = members[start : start + batch_size]
-                vectors = encode_batch(model, [items[i] for i in chunk])
+                pixels = preprocess_images(model, [items[i] for i in chunk])
+                vectors = F.normalize(image_features(model, pixels), dim=-1).cpu().numpy()
                 out[chunk] = vectors
                 if cache is not None:
                     cache.put_many([keys[i] for i in chunk], vectors)
