@@ -145,6 +145,7 @@ def measure_zeroshot(path: str, limit: int, arch: str = "tiny", rounds_wanted: i
         region = (0.0, 0.0, float(side), float(side))
     request = SlideZeroShotRequest(path, ["tumor", "stroma", "lymphocytes"], SlideTiling(region=region))
     model.encode_images(np.zeros((64, 224, 224, 3), np.uint8))  # warm up
+    lanes = cpu_lanes(model)
     sample = None
     peak = 0.0
     rounds: list[dict] = []
@@ -171,12 +172,12 @@ def measure_zeroshot(path: str, limit: int, arch: str = "tiny", rounds_wanted: i
             def batches_of(size: int) -> list[tuple[np.ndarray, np.ndarray]]:
                 return [(np.arange(s, s + len(sample[s : s + size])), sample[s : s + size]) for s in range(0, len(sample), size)]
 
-            in_memory = {1: batches_of(64), cpu_lanes(model): batches_of(balanced_batch_size(len(sample), 64, cpu_lanes(model)))}
+            in_memory = {1: batches_of(64), lanes: batches_of(balanced_batch_size(len(sample), 64, lanes))}
         rates, cpus = {}, {}
-        for how, lanes in (("one batch at a time, all threads", 1), ("lanes, as the slide path runs it", cpu_lanes(model))):
+        for how, in_flight in (("one batch at a time, all threads", 1), ("lanes, as the slide path runs it", lanes)):
             t0, cpu0 = time.perf_counter(), time.process_time()
             for _ in range(reps):
-                for _indices, _vectors in iter_encode_batches(model, in_memory[lanes], lanes):
+                for _indices, _vectors in iter_encode_batches(model, in_memory[in_flight], in_flight):
                     pass
             rates[how] = reps * len(sample) / (time.perf_counter() - t0)
             cpus[how] = (time.process_time() - cpu0) / (reps * len(sample))
@@ -189,7 +190,7 @@ def measure_zeroshot(path: str, limit: int, arch: str = "tiny", rounds_wanted: i
                        "encode_cpu_ms": 1e3 * encode_cpu, "read_cpu_ms": 1e3 * read_cpu, "stream_cpu_ms": 1e3 * stream_cpu,
                        "ceiling": encode_cpu / (encode_cpu + read_cpu)})
     median = sorted(rounds, key=lambda r: r["fraction"])[len(rounds) // 2]
-    return {**median, "fractions": [r["fraction"] for r in rounds], "lanes": cpu_lanes(model), "peak_mb": peak}
+    return {**median, "fractions": [r["fraction"] for r in rounds], "lanes": lanes, "peak_mb": peak}
 
 
 def _child(*args: str) -> dict:
